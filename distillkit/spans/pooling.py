@@ -1,0 +1,173 @@
+"""Span pooling and token weights: the part of the span layer that runs INSIDE the training step.
+
+Everything here is a handful of batched tensor ops — no Python loop over spans or samples, no
+host sync — so it costs a few percent of a step (DESIGN.md principle 4).
+
+* :func:`pool_spans`: weighted centre of mass of each span, one ``index_add_`` over the flat
+  (token, span) pairs of a :class:`~distillkit.types.SpanMembership`.
+* Token weights (all detached, padding = 0): :func:`self_similarity_weights` (MTA's parameter-free
+  self-similarity "attention", papers.md §2.2), :func:`attention_received_weights` (a model's own
+  attention), :func:`entropy_weights` (teacher confidence), :func:`uniform_weights`.
+* :func:`normalize_in_spans`: the reference's ``gather_layer_weights`` (weights of in-span tokens
+  renormalized to sum to one per sample).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from distillkit.types import SpanMembership
+
+
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32 (bf16/fp16 sums lose too much)."""
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
+
+
+def _check_membership(membership: SpanMembership, B: int, L: int) -> int:
+    if membership.seq_len != L:
+        raise ValueError(f"membership was built for seq_len={membership.seq_len}, hidden has L={L}")
+    if membership.span_mask.shape[0] != B:
+        raise ValueError(f"membership has {membership.span_mask.shape[0]} examples, hidden has B={B}")
+    return membership.num_spans
+
+
+def pool_spans(
+    hidden: Tensor,
+    membership: SpanMembership,
+    weights: Tensor | None = None,
+    eps: float = 1e-8,
+) -> tuple[Tensor, Tensor]:
+    """Weighted centres of mass of the spans: ``c_u = Σ_t w_t h_t / Σ_t w_t`` and ``m_u = Σ_t w_t``.
+
+    Args:
+        hidden: ``(B, L, D)`` token states (gradients flow back to them).
+        membership: which tokens form which span (``seq_len == L``).
+        weights: ``(B, L)`` token weights; ``None`` = uniform 1 (mean pooling, mass = token count).
+        eps: floor of the mass in the division (an empty span gets centre 0 and mass 0).
+
+    Returns:
+        ``centres (B, S, D)`` in float32 (float64 if ``hidden`` is float64) and ``mass (B, S)``.
+    """
+    B, L, D = hidden.shape
+    S = _check_membership(membership, B, L)
+    dtype = _compute_dtype(hidden)
+    flat = hidden.reshape(B * L, D)
+    tok, span = membership.token_index, membership.span_index
+
+    gathered = flat.index_select(0, tok).to(dtype)  # (P, D)
+    if weights is None:
+        w = torch.ones(tok.shape[0], dtype=dtype, device=hidden.device)
+    else:
+        if weights.shape != (B, L):
+            raise ValueError(f"weights must have shape (B, L) = {(B, L)}, got {tuple(weights.shape)}")
+        w = weights.reshape(B * L).index_select(0, tok).to(dtype)
+
+    num = torch.zeros(B * S, D, dtype=dtype, device=hidden.device).index_add_(0, span, gathered * w[:, None])
+    mass = torch.zeros(B * S, dtype=dtype, device=hidden.device).index_add_(0, span, w)
+    centres = num / mass.clamp_min(eps)[:, None]
+    return centres.view(B, S, D), mass.view(B, S)
+
+
+def token_mask_from_membership(membership: SpanMembership, B: int, L: int) -> Tensor:
+    """``(B, L)`` bool: the tokens that belong to at least one span."""
+    _check_membership(membership, B, L)
+    mask = torch.zeros(B * L, dtype=torch.bool, device=membership.token_index.device)
+    mask[membership.token_index] = True
+    return mask.view(B, L)
+
+
+def normalize_in_spans(weights: Tensor, membership: SpanMembership, eps: float = 1e-12) -> Tensor:
+    """Weights of the tokens inside at least one span, renormalized to sum to 1 per sample; others 0.
+
+    The reference's ``gather_layer_weights``. A sample with no in-span token (or zero total weight)
+    gets all zeros.
+    """
+    B, L = weights.shape
+    inside = token_mask_from_membership(membership, B, L)
+    w = weights * inside
+    return w / w.sum(dim=1, keepdim=True).clamp_min(eps)
+
+
+def uniform_weights(attention_mask: Tensor) -> Tensor:
+    """``(B, L)`` float: 1 for real tokens, 0 for padding (``no-weight`` ablation)."""
+    return attention_mask.to(torch.float32)
+
+
+def _column_mean_over_queries(attn: Tensor, mask: Tensor) -> Tensor:
+    """``w_j = mean_i attn[b, i, j]`` over the valid query rows ``i``; padding columns set to 0."""
+    m = mask.to(attn.dtype)
+    received = torch.einsum("bij,bi->bj", attn, m)
+    return received / m.sum(dim=1, keepdim=True).clamp_min(1.0) * m
+
+
+@torch.no_grad()
+def self_similarity_weights(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """MTA's parameter-free salience (papers.md §2.2), detached, ``(B, L)`` float32.
+
+    ``Hn = H / (std_D(H) + 1e-5)`` (torch's default, unbiased std over the hidden dimension);
+    ``A = softmax_row(Hn Hn^T / sqrt(D))`` with pad keys and the diagonal masked out; ``A`` is
+    multiplied by the key mask and renormalized; ``w_j`` is the column mean over the valid query
+    rows. Over a sample with at least two real tokens the weights sum to one; padding gets 0.
+    Memory: one ``(B, L, L)`` float32 matrix.
+    """
+    if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
+        raise ValueError(
+            f"need hidden (B, L, D) and attention_mask (B, L); got {tuple(hidden.shape)}, {tuple(attention_mask.shape)}"
+        )
+    h = hidden.detach().to(_compute_dtype(hidden))
+    B, L, D = h.shape
+    hn = h / (h.std(dim=-1, keepdim=True) + 1e-5)
+    scores = torch.bmm(hn, hn.transpose(1, 2)) / math.sqrt(D)
+    keys = attention_mask.bool()
+    eye = torch.eye(L, dtype=torch.bool, device=h.device)
+    allowed = keys[:, None, :] & ~eye[None]  # (B, L, L): real keys, not the query itself
+    # finfo.min instead of -inf: a row with no allowed key stays finite and is zeroed just below
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    attn = torch.softmax(scores, dim=-1) * allowed
+    attn = attn / attn.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(attn.dtype).tiny)
+    return _column_mean_over_queries(attn, keys).float()
+
+
+@torch.no_grad()
+def attention_received_weights(attn: Tensor, attention_mask: Tensor) -> Tensor:
+    """Attention each token *receives*: mean over heads, column mean over valid query rows; ``(B, L)``.
+
+    ``attn`` is a model's own ``(B, H, L, L)`` attention (rows = queries). Detached; padding gets 0.
+    With causal attention whose rows sum to one over real keys, a sample's weights sum to one.
+    """
+    if (
+        attn.dim() != 4
+        or attn.shape[0] != attention_mask.shape[0]
+        or attn.shape[-1] != attention_mask.shape[1]
+    ):
+        raise ValueError(
+            f"need attn (B, H, L, L) and attention_mask (B, L); got {tuple(attn.shape)}, {tuple(attention_mask.shape)}"
+        )
+    a = attn.detach().to(_compute_dtype(attn)).mean(dim=1)
+    return _column_mean_over_queries(a, attention_mask.bool()).float()
+
+
+@torch.no_grad()
+def entropy_weights(logits: Tensor, attention_mask: Tensor, chunk_size: int = 64) -> Tensor:
+    """Teacher confidence ``w_t = 1 - H(p_t) / log|V|`` (papers.md §2.2 ``--entropy_weight``), ``(B, L)``.
+
+    Computed in float32 over chunks of ``chunk_size`` positions, so the float32 copy of the logits
+    never exceeds ``B * chunk_size * V``. Detached; padding gets 0.
+    """
+    if logits.dim() != 3 or attention_mask.shape != logits.shape[:2]:
+        raise ValueError(
+            f"need logits (B, L, V) and attention_mask (B, L); got {tuple(logits.shape)}, {tuple(attention_mask.shape)}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    V = logits.shape[-1]
+    parts = []
+    for chunk in logits.detach().split(chunk_size, dim=1):  # a loop over position chunks, not samples
+        probs = torch.softmax(chunk.float(), dim=-1)
+        parts.append(torch.special.entr(probs).sum(dim=-1))  # entr(p) = -p log p, 0 at p = 0
+    entropy = torch.cat(parts, dim=1)
+    return (1.0 - entropy / math.log(V)) * attention_mask.to(torch.float32)
