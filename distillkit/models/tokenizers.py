@@ -16,6 +16,14 @@ Qwen (byte-level BPE) and Llama/Mistral (SentencePiece) do. Two kinds are traine
     ``TemplateProcessing`` post-processor), ``</s>`` (eos, not added) and ``<pad>``.
 
 Both are saved with ``save_pretrained`` and reload with ``AutoTokenizer.from_pretrained(folder)``.
+Whether BOS is added is decided by the saved post-processor alone: transformers 5 neither saves nor
+reloads ``add_bos_token`` for tokenizers with a ``tokenizer.json``, so that attribute reads False for
+both kinds; to know whether a tokenizer adds BOS, encode a text and look.
+
+Offsets are character offsets into the original text. Special tokens get ``(0, 0)``. A ``bpe``
+token keeps its leading space in its offsets (``"Ġquick"`` -> ``" quick"``, as GPT-2). The ``▁`` that
+Metaspace prepends to the first word has no source character: when it is a piece of its own it
+gets the first character's offsets ``(0, 1)``, shared with the next token.
 :func:`cached_tiny_tokenizer` trains one once per (kind, vocabulary size, corpus) and caches it.
 """
 
@@ -24,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -40,9 +49,11 @@ BPE_EOS = "<|endoftext|>"
 UNIGRAM_SPECIALS: tuple[str, ...] = ("<unk>", "<s>", "</s>", "<pad>")
 BYTE_TOKENS: tuple[str, ...] = tuple(f"<0x{b:02X}>" for b in range(256))
 MODEL_MAX_LENGTH = 2048
+_TWIN_MARK = "\x01"  # see _train_unigram
+_WORD_END = re.compile(r"(?<=\S)(?=\s|$)")
 
 # Bump when the training recipe changes, so old cached tokenizers are not reused.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 # The fixed synthetic corpus of ``cached_tiny_tokenizer(corpus="synthetic")``.
 SYNTHETIC_CORPUS_ROWS = 4000
 SYNTHETIC_CORPUS_SEED = 1234
@@ -83,12 +94,20 @@ def _train_unigram(texts: list[str], vocab_size: int) -> Tokenizer:
         unk_token="<unk>",
         show_progress=False,
     )
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    # HF's UnigramTrainer seeds its candidate pieces with substrings occurring at least twice among
+    # the *distinct* pre-tokenized words (their counts are ignored there, used only later by EM). On
+    # a corpus with a few hundred distinct words, frequent whole words such as "▁is" occur once and
+    # are never candidates, so "is" would always be split into "▁", "i", "s". Feeding every word a
+    # second time with a marker appended makes each word a candidate; marked pieces are dropped below.
+    texts = [t.replace(_TWIN_MARK, "") for t in texts]
+    twins = [_WORD_END.sub(_TWIN_MARK, t) for t in texts]
+    tok.train_from_iterator(texts + twins, trainer=trainer, length=2 * len(texts))
 
     # Byte fallback, as Llama: add <0xNN> pieces (scored below every learned piece) so that a
     # character never seen in training becomes its UTF-8 bytes instead of <unk>.
     spec = json.loads(tok.to_str())
-    vocab = spec["model"]["vocab"]
+    vocab = [[piece, score] for piece, score in spec["model"]["vocab"] if _TWIN_MARK not in piece]
+    spec["model"]["vocab"] = vocab
     known = {piece for piece, _ in vocab}
     floor = min(score for piece, score in vocab if piece not in UNIGRAM_SPECIALS) - 10.0
     vocab.extend([piece, floor] for piece in BYTE_TOKENS if piece not in known)
@@ -138,8 +157,6 @@ def train_tiny_tokenizer(
             bos_token="<s>",
             eos_token="</s>",
             pad_token="<pad>",
-            add_bos_token=True,
-            add_eos_token=False,
             model_max_length=MODEL_MAX_LENGTH,
         )
     tokenizer.save_pretrained(str(save_dir))
@@ -200,6 +217,7 @@ def cached_tiny_tokenizer(
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=root))
         try:
             train_tiny_tokenizer(kind, texts, vocab_size, tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private
             if target.exists():  # a broken leftover (no tokenizer.json): replace it
                 shutil.rmtree(target)
             os.replace(tmp, target)
