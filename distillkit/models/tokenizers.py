@@ -23,7 +23,9 @@ both kinds; to know whether a tokenizer adds BOS, encode a text and look.
 Offsets are character offsets into the original text. Special tokens get ``(0, 0)``. A ``bpe``
 token keeps its leading space in its offsets (``"Ġquick"`` -> ``" quick"``, as GPT-2). The ``▁`` that
 Metaspace prepends to the first word has no source character: when it is a piece of its own it
-gets the first character's offsets ``(0, 1)``, shared with the next token.
+gets the first character's offsets ``(0, 1)``, shared with the next token. Characters outside the
+Unigram's pieces (all printable ASCII is always in) fall back to bytes; every byte token of such a
+run of unknown characters gets the offsets of the whole run, as in ``tokenizers``' byte fallback.
 :func:`cached_tiny_tokenizer` trains one once per (kind, vocabulary size, corpus) and caches it.
 """
 
@@ -32,7 +34,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -49,11 +50,11 @@ BPE_EOS = "<|endoftext|>"
 UNIGRAM_SPECIALS: tuple[str, ...] = ("<unk>", "<s>", "</s>", "<pad>")
 BYTE_TOKENS: tuple[str, ...] = tuple(f"<0x{b:02X}>" for b in range(256))
 MODEL_MAX_LENGTH = 2048
+_ASCII_PRINTABLE = "".join(chr(c) for c in range(0x21, 0x7F))
 _TWIN_MARK = "\x01"  # see _train_unigram
-_WORD_END = re.compile(r"(?<=\S)(?=\s|$)")
 
 # Bump when the training recipe changes, so old cached tokenizers are not reused.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 4
 # The fixed synthetic corpus of ``cached_tiny_tokenizer(corpus="synthetic")``.
 SYNTHETIC_CORPUS_ROWS = 4000
 SYNTHETIC_CORPUS_SEED = 1234
@@ -92,16 +93,19 @@ def _train_unigram(texts: list[str], vocab_size: int) -> Tokenizer:
         vocab_size=vocab_size - len(BYTE_TOKENS),  # the byte-fallback pieces are added below
         special_tokens=list(UNIGRAM_SPECIALS),
         unk_token="<unk>",
+        initial_alphabet=list(_ASCII_PRINTABLE),  # digits etc. stay pieces even if the corpus lacks them
         show_progress=False,
     )
     # HF's UnigramTrainer seeds its candidate pieces with substrings occurring at least twice among
     # the *distinct* pre-tokenized words (their counts are ignored there, used only later by EM). On
-    # a corpus with a few hundred distinct words, frequent whole words such as "▁is" occur once and
-    # are never candidates, so "is" would always be split into "▁", "i", "s". Feeding every word a
-    # second time with a marker appended makes each word a candidate; marked pieces are dropped below.
+    # a corpus with a few hundred distinct words, frequent whole words such as "▁that" occur once and
+    # are never candidates, so "that" would always be split into "▁th", "a", "t". One extra text
+    # holding every distinct word once more, with a marker appended, makes each word a candidate;
+    # the marked pieces (seen once each, so weightless in EM) are dropped below.
     texts = [t.replace(_TWIN_MARK, "") for t in texts]
-    twins = [_WORD_END.sub(_TWIN_MARK, t) for t in texts]
-    tok.train_from_iterator(texts + twins, trainer=trainer, length=2 * len(texts))
+    words = sorted({w for t in texts for w in t.split(" ") if w})
+    twins = " ".join(w + _TWIN_MARK for w in words)
+    tok.train_from_iterator([*texts, twins], trainer=trainer, length=len(texts) + 1)
 
     # Byte fallback, as Llama: add <0xNN> pieces (scored below every learned piece) so that a
     # character never seen in training becomes its UTF-8 bytes instead of <unk>.
