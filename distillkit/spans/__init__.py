@@ -10,6 +10,8 @@
 Parsers (spaCy, stanza) are imported only when used.
 """
 
+from distillkit.spans.align import AlignedGroup, cosegment, exact_token_alignment, groups_to_membership
+from distillkit.spans.cache import CacheStats, SpanCache, SpanReport, parse_stats
 from distillkit.spans.membership import (
     MEMBERSHIP_RULES,
     MembershipStats,
@@ -19,6 +21,14 @@ from distillkit.spans.membership import (
     spans_in_region,
     token_membership,
     uncovered,
+)
+from distillkit.spans.parsers import (
+    PARSERS,
+    SpacySpanParser,
+    SpanParser,
+    StanzaSpanParser,
+    WordSpanParser,
+    build_parser,
 )
 from distillkit.spans.pooling import (
     attention_received_weights,
@@ -31,6 +41,20 @@ from distillkit.spans.pooling import (
 )
 
 __all__ = [
+    "PARSERS",
+    "AlignedGroup",
+    "CacheStats",
+    "SpacySpanParser",
+    "SpanCache",
+    "SpanParser",
+    "SpanReport",
+    "StanzaSpanParser",
+    "WordSpanParser",
+    "build_parser",
+    "cosegment",
+    "exact_token_alignment",
+    "groups_to_membership",
+    "parse_stats",
     "MEMBERSHIP_RULES",
     "MembershipStats",
     "attention_received_weights",
