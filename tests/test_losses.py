@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -146,7 +147,7 @@ def test_kl_direction_on_a_hand_made_example():
 # reduction contract, chunking, masks, dtypes, gradients
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("chunk_size", [1, 4, 7, 1000])
+@pytest.mark.parametrize("chunk_size", [1, 4, 1000])
 def test_chunking_gives_the_same_values_and_gradients(name, chunk_size):
     student, teacher, mask = _random_case(seed=11)
     fn = DIVERGENCES[name]
@@ -162,24 +163,30 @@ def test_chunking_gives_the_same_values_and_gradients(name, chunk_size):
 
 
 def test_chunking_bounds_what_autograd_keeps():
-    """With chunk_size, no tensor larger than one chunk of the vocabulary is saved for backward."""
+    """With chunk_size, autograd keeps no new (N, V)-sized intermediates: chunks are recomputed."""
     n, vocab, chunk = 12, 50, 3
     student = torch.randn(n, vocab, requires_grad=True)
     teacher = torch.randn(n, vocab)
-    for name in NAMES:
-        for chunk_size, largest_allowed in ((None, n * vocab), (chunk, chunk * vocab)):
-            sizes: list[int] = []
+    inputs = {student.untyped_storage().data_ptr(), teacher.untyped_storage().data_ptr()}
+    some = torch.rand(n, generator=torch.Generator().manual_seed(3)) < 0.8
+    for name, mask in itertools.product(NAMES, (None, some)):
+        counted = n if mask is None else int(mask.sum())
+        kept = {}
+        for chunk_size in (None, chunk):
+            new_storages: dict[int, int] = {}
 
-            def pack(t, sizes=sizes):
-                sizes.append(t.numel())
+            def pack(t, new_storages=new_storages):
+                ptr = t.untyped_storage().data_ptr()
+                if ptr not in inputs:
+                    new_storages[ptr] = t.numel()
                 return t
 
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                loss = DIVERGENCES[name](student, teacher, None, reduction="sum", chunk_size=chunk_size)
+                loss = DIVERGENCES[name](student, teacher, mask, reduction="sum", chunk_size=chunk_size)
             loss.backward()
-            assert max(sizes) <= largest_allowed, (name, chunk_size, max(sizes))
-            if chunk_size is None:
-                assert max(sizes) == n * vocab  # the check is able to see a full-size intermediate
+            kept[chunk_size] = sum(new_storages.values())
+        assert kept[None] >= counted * vocab, (name, kept)  # the probe does see full-size intermediates
+        assert kept[chunk] <= chunk * vocab, (name, kept)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -273,7 +280,7 @@ _logit_rows = st.integers(1, 4).flatmap(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(case=_logit_rows, temperature=st.sampled_from([0.5, 1.0, 2.0]))
 def test_properties_of_every_divergence(case, temperature):
     s_np, t_np, shift_np = case
@@ -292,7 +299,7 @@ def test_properties_of_every_divergence(case, temperature):
             assert torch.all(value <= math.log(2) + 1e-6)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(case=_logit_rows)
 def test_skew_divergences_reduce_to_their_definitions(case):
     s_np, t_np, _ = case
@@ -310,7 +317,7 @@ def test_skew_divergences_reduce_to_their_definitions(case):
     assert torch.all(none(srkl, skew_lambda=0.5) <= none(rkl) + 1e-5)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(case=_logit_rows)
 def test_akl_lies_between_forward_and_reverse_kl(case):
     s_np, t_np, _ = case

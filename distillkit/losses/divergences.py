@@ -109,20 +109,42 @@ def _check_logits(student_logits: Tensor, teacher_logits: Tensor) -> None:
             raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
 
 
-def _in_chunks(fn: Callable[..., Tensor], tensors: tuple[Tensor, ...], chunk_size: int | None) -> Tensor:
-    """Apply a row-wise ``fn`` to ``tensors`` (all with ``n`` rows), ``chunk_size`` rows at a time.
+def _in_chunks(
+    fn: Callable[..., Tensor],
+    tensors: tuple[Tensor, ...],
+    flat_mask: Tensor | None,
+    chunk_size: int | None,
+) -> Tensor:
+    """Apply a row-wise ``fn`` to the counted rows of ``tensors``, ``chunk_size`` rows at a time.
 
-    Under autograd each chunk is checkpointed, so only the chunk inputs (views of tensors that exist
-    anyway) are kept for the backward pass, never the chunk's ``(chunk, V)`` float32 intermediates.
+    ``tensors`` all have ``N`` rows; ``flat_mask`` (``(N,)`` bool or None = all) picks the counted
+    ones. With ``chunk_size`` the counted rows are gathered chunk by chunk (no copy of all counted
+    rows) and, under autograd, each chunk is checkpointed: the backward pass recomputes it instead of
+    keeping its ``(chunk, V)`` float32 intermediates alive.
     """
-    n = tensors[0].shape[0]
-    if chunk_size is None or n <= chunk_size:
-        return fn(*tensors)
+    if chunk_size is None:
+        return fn(*(t if flat_mask is None else t[flat_mask] for t in tensors))
+    rows = None if flat_mask is None else flat_mask.nonzero().squeeze(1)
+    n = tensors[0].shape[0] if rows is None else rows.shape[0]
+    if n <= chunk_size:
+        return fn(*(t if rows is None else t.index_select(0, rows) for t in tensors))
+
+    def on_rows(index: Tensor, *full: Tensor) -> Tensor:
+        return fn(*(t.index_select(0, index) for t in full))
+
     needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
     parts = []
     for start in range(0, n, chunk_size):
-        chunk = tuple(t[start : start + chunk_size] for t in tensors)
-        parts.append(checkpoint(fn, *chunk, use_reentrant=False) if needs_graph else fn(*chunk))
+        if rows is None:
+            chunk = tuple(t[start : start + chunk_size] for t in tensors)
+            parts.append(checkpoint(fn, *chunk, use_reentrant=False) if needs_graph else fn(*chunk))
+        else:
+            index = rows[start : start + chunk_size]
+            parts.append(
+                checkpoint(on_rows, index, *tensors, use_reentrant=False)
+                if needs_graph
+                else on_rows(index, *tensors)
+            )
     return torch.cat(parts)
 
 
@@ -159,15 +181,13 @@ def _divergence(
     flat_mask = _flat_mask(mask, lead_shape)
     student = student_logits.reshape(-1, vocab)
     teacher = teacher_logits.detach().reshape(-1, vocab)
-    if flat_mask is not None:
-        student, teacher = student[flat_mask], teacher[flat_mask]
 
     def rows(s: Tensor, t: Tensor) -> Tensor:
         s_logp = F.log_softmax(s.float() / temperature, dim=-1)
         t_logp = F.log_softmax(t.float() / temperature, dim=-1)
         return row_fn(s_logp, t_logp)
 
-    values = _in_chunks(rows, (student, teacher), chunk_size)
+    values = _in_chunks(rows, (student, teacher), flat_mask, chunk_size)
     return _reduce(values, flat_mask, lead_shape, reduction)
 
 
@@ -398,11 +418,11 @@ def cross_entropy(
         raise ValueError(f"labels must be an integer tensor, got dtype {labels.dtype}")
     lead_shape = logits.shape[:-1]
     flat_mask = labels.reshape(-1).ne(-100)
-    rows = logits.reshape(-1, logits.shape[-1])[flat_mask]
-    targets = labels.reshape(-1)[flat_mask].long()
+    rows = logits.reshape(-1, logits.shape[-1])
+    targets = labels.reshape(-1).long()
 
     def per_row(x: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(x.float(), y, reduction="none")
 
-    values = _in_chunks(per_row, (rows, targets), chunk_size)
+    values = _in_chunks(per_row, (rows, targets), flat_mask, chunk_size)
     return _reduce(values, flat_mask, lead_shape, reduction)
