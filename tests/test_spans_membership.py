@@ -177,3 +177,29 @@ def test_collate_rejects_out_of_range_tokens():
         collate_membership([[[1, 3]]], seq_len=4, pad_left=[1])
     with pytest.raises(ValueError, match="pad_left"):
         collate_membership([[[1]]], seq_len=4, pad_left=[0, 1])
+
+
+def test_membership_on_vicuna_matches_brute_force(data_root, gpt2_tokenizer, qwen_tokenizer):
+    """Every vicuna row (prompt + output): word spans and random multi-word spans, both rules, both tokenizers."""
+    import random
+
+    from distillkit.utils.io import read_jsonl
+
+    rng = random.Random(0)
+    stats = MembershipStats()
+    for row in read_jsonl(data_root / "vicuna" / "valid.jsonl"):
+        text = row["prompt"] + row["output"]
+        words = regex_word_spans(text)
+        spans = rng.sample(words, min(15, len(words)))
+        for _ in range(10):
+            i = rng.randrange(len(words))
+            j = min(len(words) - 1, i + rng.randrange(1, 6))
+            spans.append(CharSpan(words[i].start, words[j].end, "np"))
+        for tok in (gpt2_tokenizer, qwen_tokenizer):
+            enc = tok(text, return_offsets_mapping=True)
+            offsets = [tuple(o) for o in enc["offset_mapping"]]
+            valid = [True] * len(offsets)
+            for rule in ("reference", "exact"):
+                got = token_membership(spans, offsets, valid, rule=rule, stats=stats)
+                assert got == brute_membership(spans, offsets, valid, rule)
+    assert stats.texts == 80 * 4 and stats.spans == 80 * 4 * 25
