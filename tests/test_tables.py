@@ -347,6 +347,9 @@ def test_compare_rows_uses_per_prompt_scores(tmp_path):
     _write_predictions(other.run_dir, "dolly", {10: base}, [p + "!" for p in prompts])
     with pytest.raises(ValueError, match="different prompts"):
         agg.compare_rows(spec, "smoke", "Good", "Base", tmp_path)
+    # inside a table the failed comparison becomes a note; the table is still written
+    md = agg.to_markdown(agg.aggregate_table(spec, "smoke", tmp_path))
+    assert "Good vs Base not possible" in md and "different prompts" in md
 
 
 # ------------------------------------------------------------------------------------------- plots

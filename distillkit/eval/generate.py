@@ -121,13 +121,15 @@ def generate_responses(
     stop: str | None = None,
     batch_size: int = 16,
     device: str | torch.device | None = None,
+    add_special_tokens: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """Generate one response per prompt, returned in the order of ``prompts``.
 
     ``device`` defaults to the model's device (the model is not moved). The tokenizer is never
-    modified: a tokenizer without a pad token (GPT-2) pads with EOS here only. ``progress(done, total)``
-    is called after each batch.
+    modified: a tokenizer without a pad token (GPT-2) pads with EOS here only. Prompts are tokenized
+    without special tokens, as DSKD's evaluation does (``add_special_tokens=True`` adds e.g. LLaMA's
+    BOS). ``progress(done, total)`` is called after each batch.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}; must be >= 1.")
@@ -143,7 +145,7 @@ def generate_responses(
     if not prompts:
         return []
 
-    ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
     ids = [row[:max_prompt_tokens] for row in ids]  # keep the FIRST tokens, as DSKD and MTA do
     empty = [i for i, row in enumerate(ids) if not row]
     if empty:

@@ -208,7 +208,10 @@ def aggregate_table(spec: TableSpec, scale: str, results_root: Path | None = Non
             cells[(row.label, column)] = cell
     result = TableResult(spec=spec, scale=scale, cells=cells, protocols=sorted(protocols))
     for row_a, row_b in spec.compare:
-        result.comparisons.append(compare_rows(spec, scale, row_a, row_b, results_root))
+        try:
+            result.comparisons.append(compare_rows(spec, scale, row_a, row_b, results_root))
+        except ValueError as err:  # e.g. the rows were evaluated on different prompts
+            result.comparisons.append({"a": row_a, "b": row_b, "error": str(err), "sets": {}})
     return result
 
 
@@ -365,6 +368,9 @@ def _notes(result: TableResult, letters: dict[str, str]) -> list[tuple[str | Non
         ]
         notes.append((letter, f"{FOOTNOTES[kind]}: {', '.join(rows)}."))
     for comp in result.comparisons:
+        if comp.get("error"):
+            notes.append((None, f"Paired bootstrap {comp['a']} vs {comp['b']} not possible: {comp['error']}"))
+            continue
         parts = []
         for set_name, res in comp["sets"].items():
             if res.get("missing"):
