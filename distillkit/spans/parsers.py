@@ -279,20 +279,22 @@ class StanzaSpanParser(SpanParser):
         self.model_dir, self.lang, self.phrase_labels = model_dir, lang, phrase_labels
         self.word_units, self.use_gpu, self.keep_nested = word_units, use_gpu, keep_nested
         import stanza
+        from stanza.resources.common import DEFAULT_MODEL_DIR  # honours $STANZA_RESOURCES_DIR
 
         try:
             self._nlp = stanza.Pipeline(
                 lang=lang,
-                dir=model_dir,
+                dir=model_dir or DEFAULT_MODEL_DIR,
                 processors=self.PROCESSORS,
                 download_method=None,
                 use_gpu=use_gpu,
                 logging_level="WARN",
             )
         except Exception as err:  # stanza raises several types for missing resources
-            where = model_dir or "stanza's default folder (~/stanza_resources or $STANZA_RESOURCES_DIR)"
+            where = model_dir or f"stanza's default folder {DEFAULT_MODEL_DIR} ($STANZA_RESOURCES_DIR)"
             raise RuntimeError(
-                f"stanza models for {lang!r} ({self.PROCESSORS}) could not be loaded from {where}: {err}. "
+                f"stanza models for {lang!r} ({self.PROCESSORS}) could not be loaded from {where}: "
+                f"{str(err).strip().rstrip('.')}. "
                 f'Download them once: python -c "import stanza; stanza.download({lang!r}, '
                 f"model_dir='DIR', processors='{self.PROCESSORS}')\" and set span_parser.model_dir=DIR "
                 "(or $STANZA_RESOURCES_DIR)."
