@@ -1,0 +1,87 @@
+"""Shared pieces of the benchmarks: a random-init GPT-2 teacher/student pair, batches, a plain KD step, a timer.
+
+Every benchmark reports *ratios measured in the same run* (e.g. pooling time / KD step time), never
+absolute times against a threshold: the machines differ, the ratios travel.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+
+def bench_pair(vocab: int = 8192, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A random-init GPT-2 teacher (8 layers, d=512, 8 heads) and student (4 layers, d=256, 4 heads).
+
+    Both use ``vocab`` tokens and 512 positions. The teacher is frozen and in eval mode; the student
+    trains (dropout off so timings are steady).
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+
+    def make(layers: int, dim: int, heads: int) -> torch.nn.Module:
+        config = GPT2Config(
+            vocab_size=vocab,
+            n_positions=512,
+            n_embd=dim,
+            n_layer=layers,
+            n_head=heads,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        return GPT2LMHeadModel(config)
+
+    teacher = make(8, 512, 8).eval()
+    teacher.requires_grad_(False)
+    student = make(4, 256, 4).train()
+    return teacher, student
+
+
+def make_batch(B: int = 8, L: int = 256, vocab: int = 8192, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random token ids with a full attention mask: ``{"input_ids", "attention_mask"}`` of shape (B, L)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {
+        "input_ids": torch.randint(0, vocab, (B, L), generator=gen),
+        "attention_mask": torch.ones(B, L, dtype=torch.long),
+    }
+
+
+def kd_step(
+    teacher: torch.nn.Module,
+    student: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+) -> float:
+    """One plain token-level KD step: teacher forward (no grad), student forward, forward KL, backward, step."""
+    with torch.no_grad():
+        t_logits = teacher(**batch).logits
+    s_logits = student(**batch).logits
+    mask = batch["attention_mask"].bool()
+    t_logp = F.log_softmax(t_logits.float(), dim=-1)
+    s_logp = F.log_softmax(s_logits.float(), dim=-1)
+    kl = (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+    loss = kl[mask].mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+def time_fn(fn: Callable[[], object], warmup: int = 1, repeat: int = 3) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeat`` runs after ``warmup`` runs (threads unchanged)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
