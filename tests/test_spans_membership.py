@@ -203,3 +203,25 @@ def test_membership_on_vicuna_matches_brute_force(data_root, gpt2_tokenizer, qwe
                 got = token_membership(spans, offsets, valid, rule=rule, stats=stats)
                 assert got == brute_membership(spans, offsets, valid, rule)
     assert stats.texts == 80 * 4 and stats.spans == 80 * 4 * 25
+
+
+def test_span_one_tokenizer_cannot_cover_is_reported_and_dropped(gpt2_tokenizer, qwen_tokenizer):
+    """A span cutting through a token of one side only: reported uncovered there, dropped from both grids."""
+    text = "Totally 中文 text"
+    sides = {}
+    for name, tok in (("gpt2", gpt2_tokenizer), ("qwen", qwen_tokenizer)):
+        sides[name] = [tuple(o) for o in tok(text, return_offsets_mapping=True)["offset_mapping"]]
+    # GPT-2 has "Ġ" (7, 8) + "ä¸Ń" (8, 9); Qwen keeps " 中" as one token "Ġä¸Ń" (7, 9): under the
+    # exact rule the one-character span "中" (8, 9) is covered on GPT-2 but not on Qwen.
+    spans = [CharSpan(0, 7, "word"), CharSpan(8, 9, "word"), CharSpan(10, 15, "word")]
+    stats = {name: MembershipStats() for name in sides}
+    members = {
+        name: token_membership(spans, offsets, rule="exact", stats=stats[name])
+        for name, offsets in sides.items()
+    }
+    assert members["gpt2"] == brute_membership(spans, sides["gpt2"], [True] * len(sides["gpt2"]), "exact")
+    assert members["qwen"][1] == [] and members["gpt2"][1] != []
+    assert stats["qwen"].uncovered_spans == 1 and stats["gpt2"].uncovered_spans == 0
+    kept_gpt2, kept_qwen = drop_uncovered(members["gpt2"], members["qwen"])
+    assert kept_gpt2 == [members["gpt2"][0], members["gpt2"][2]]
+    assert kept_qwen == [members["qwen"][0], members["qwen"][2]]
