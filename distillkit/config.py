@@ -1,0 +1,278 @@
+"""Structured configs: the schema of every typed config group, registered in Hydra's ConfigStore.
+
+Each YAML option of a typed group starts with ``defaults: [<schema name>, _self_]`` so that a
+typo (``model.teacher.layerz=3``) or a wrong type (``trainer.max_steps=ten``) fails when the
+config is composed, before anything is loaded. Choices with a closed set of values are enums, so
+a bad value is reported with the list of valid ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+class Divergence(str, Enum):
+    fkl = "fkl"
+    rkl = "rkl"
+    js = "js"
+    tvd = "tvd"
+    skl = "skl"
+    srkl = "srkl"
+    akl = "akl"
+
+
+class Init(str, Enum):
+    pretrained = "pretrained"
+    random = "random"
+
+
+class Stage(str, Enum):
+    distill = "distill"
+    teacher_sft = "teacher_sft"
+
+
+class Source(str, Enum):
+    synthetic = "synthetic"
+    jsonl = "jsonl"
+    dolly_hub = "dolly_hub"
+
+
+class DType(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+# ----------------------------------------------------------------------------- model
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: Optional[list[str]] = None  # None: peft's default for the architecture
+
+
+@dataclass
+class ModelSideConfig:
+    """One model of the pair.
+
+    ``path``: an HF hub id or a local folder with the weights (``init: pretrained``).
+    ``tokenizer``: an HF id / local folder, or ``tiny:<bpe|unigram>:<vocab>[:<corpus>]`` for a
+    tokenizer the project trains itself (cached). Defaults to ``path``.
+    ``init: random`` builds the model from ``arch`` (an HF ``model_type``: gpt2, qwen2, llama,
+    mistral, opt) and ``arch_config`` (its settings, no hub look-up), shrunk by the normalized
+    overrides ``layers``/``hidden``/``heads``/``intermediate`` (which work for every family).
+    """
+
+    path: Optional[str] = None
+    tokenizer: Optional[str] = None
+    init: Init = Init.pretrained
+    arch: Optional[str] = None
+    arch_config: dict[str, Any] = field(default_factory=dict)
+    layers: Optional[int] = None
+    hidden: Optional[int] = None
+    heads: Optional[int] = None
+    intermediate: Optional[int] = None
+    dtype: DType = DType.float32
+    attn_implementation: Optional[str] = None
+    lora: Optional[LoraConfig] = None
+
+
+@dataclass
+class TeacherSFTConfig:
+    """Fine-tune the teacher first (the papers fine-tune it on Dolly) and cache the result."""
+
+    enabled: bool = False
+    max_steps: int = 300
+    lr: float = 1e-3
+    batch_size: int = 16
+    warmup_steps: int = 10
+
+
+@dataclass
+class ModelPairConfig:
+    name: str = "custom"
+    teacher: ModelSideConfig = field(default_factory=ModelSideConfig)
+    student: ModelSideConfig = field(default_factory=ModelSideConfig)
+    teacher_sft: TeacherSFTConfig = field(default_factory=TeacherSFTConfig)
+    # the reference layer mapping of this pair (MTA §2.4): teacher / student hidden_states indices
+    teacher_layers: list[int] = field(default_factory=list)
+    student_layers: list[int] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class SyntheticConfig:
+    n_train: int = 3000
+    n_dev: int = 200
+    n_test: int = 200
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Where rows come from and how they become batches.
+
+    ``jsonl``: MiniLLM/DSKD-format files under ``root`` with per-split globs (``train``/``dev``/
+    ``test``; in the MiniLLM layout ``valid.jsonl`` is the test split). ``dolly_hub``: the
+    databricks-dolly-15k hub dataset, split the MiniLLM way. ``synthetic``: generated here.
+    """
+
+    name: str = "synthetic"
+    source: Source = Source.synthetic
+    root: Optional[str] = None
+    train: Optional[str] = None
+    dev: Optional[str] = None
+    test: Optional[str] = None
+    hub_id: str = "databricks/databricks-dolly-15k"
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    template: str = "minillm"
+    max_prompt_tokens: int = 256
+    max_total_tokens: int = 512
+    max_train_rows: Optional[int] = None
+    max_dev_rows: Optional[int] = None
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    num_workers: int = 0
+    shuffle_seed: int = 1234
+
+
+# ----------------------------------------------------------------------------- methods
+@dataclass
+class MethodConfig:
+    """Common to every method: ``_target_`` names the class, ``terms`` scales each named loss
+    term (an ablation is ``method.terms.<name>=0``)."""
+
+    _target_: str = "distillkit.methods.sft.SFT"
+    name: str = "sft"
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SFTMethodConfig(MethodConfig):
+    _target_: str = "distillkit.methods.sft.SFT"
+    name: str = "sft"
+
+
+@dataclass
+class KDMethodConfig(MethodConfig):
+    """``(1 - kd_rate) * CE + kd_rate * D(teacher, student)`` on response tokens."""
+
+    _target_: str = "distillkit.methods.kd.KD"
+    name: str = "kd"
+    divergence: Divergence = Divergence.fkl
+    temperature: float = 1.0
+    kd_rate: float = 0.5
+    skew_lambda: float = 0.1
+    akl_mu: float = 0.5
+    chunk_size: Optional[int] = None
+
+
+class Level(str, Enum):
+    both = "both"  # the reference: the first `word_pairs` mapped pairs at word level, the rest phrase level
+    word = "word"  # ablation: every mapped pair at word level
+    phrase = "phrase"  # ablation: every mapped pair at phrase level
+
+
+class TokenWeights(str, Enum):
+    self_similarity = "self_similarity"  # the reference's parameter-free attention (papers.md §2.2)
+    attention = "attention"  # the model's own attention received (eager attention)
+    entropy = "entropy"  # teacher confidence 1 - H(p_T)/log|V| replaces the teacher weights
+    uniform = "uniform"  # no token weights
+
+
+@dataclass
+class MTAMethodConfig(KDMethodConfig):
+    """MTA (papers.md §2): ``(1-kd_rate)·CE + kd_rate·(KD + w_span·L_MTA)``, with
+    ``L_MTA = mean over mapped pairs of (DSA + hra_factor·HRA)``. Defaults: the DistiLLM path
+    (SRKL, skew 0.1, kd_rate 1.0, w_span 2.0)."""
+
+    _target_: str = "distillkit.methods.mta.MTA"
+    name: str = "mta"
+    divergence: Divergence = Divergence.srkl
+    kd_rate: float = 1.0
+    w_span: float = 2.0
+    hra_factor: float = 0.1
+    level: Level = Level.both
+    weights: TokenWeights = TokenWeights.self_similarity
+    projector_init: str = "default"  # default (PyTorch Linear) | xavier | zeros
+    membership_rule: str = "reference"  # reference (start+1 >= span start) | exact
+    span_region: str = "all"  # all (prompt + response, the reference) | response
+
+
+@dataclass
+class LayerMapConfig:
+    """Which teacher/student ``hidden_states`` are aligned (0 = embeddings, n = last layer).
+
+    ``reference``: the model pair's own mapping (``model.teacher_layers``/``model.student_layers``,
+    papers.md §2.4), optionally cut to its first ``num_pairs``; ``explicit``: ``teacher``/``student``
+    lists; ``uniform``: ``num_pairs`` pairs spread evenly over both depths; ``last``: the last layers.
+    The first ``word_pairs`` pairs are word level, the others phrase level (reference: 1).
+    """
+
+    kind: str = "reference"
+    teacher: list[int] = field(default_factory=list)
+    student: list[int] = field(default_factory=list)
+    num_pairs: Optional[int] = None
+    word_pairs: int = 1
+
+
+# ----------------------------------------------------------------------------- training
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    schedule: str = "cosine"  # cosine | constant | linear
+    projector_lr: Optional[float] = None
+
+
+@dataclass
+class TrainerConfig:
+    """Arguments of ``lightning.Trainer`` that distillkit sets (everything else: ``+trainer.extra.X=...``)."""
+
+    max_epochs: int = 1
+    max_steps: int = -1
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0
+    val_check_interval: Optional[float] = None
+    check_val_every_n_epoch: Optional[int] = 1
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    log_every_n_steps: int = 10
+    fast_dev_run: bool = False
+    deterministic: bool = False
+    enable_progress_bar: Optional[bool] = None  # None: only when a terminal is attached
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    # Schemas live in their own groups (``schema/<group>``) so they never show up as options of
+    # the real groups; each YAML option pulls its schema in with ``- /schema/<group>@_here_: <name>``.
+    cs.store(group="schema/model", name="pair", node=ModelPairConfig)
+    cs.store(group="schema/data", name="data", node=DataConfig)
+    cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
+    cs.store(group="schema/layer_map", name="layer_map", node=LayerMapConfig)
+    for name, node in METHOD_SCHEMAS.items():
+        cs.store(group="schema/method", name=name, node=node)
+
+
+#: method schema name -> dataclass; later method modules add theirs before ``register_configs``.
+METHOD_SCHEMAS: dict[str, type] = {"sft": SFTMethodConfig, "kd": KDMethodConfig, "mta": MTAMethodConfig}
+
+
+register_configs()
+
+
+def value(x: Any) -> Any:
+    """The plain value of an enum config field (OmegaConf hands enum members back)."""
+    return x.value if isinstance(x, Enum) else x

@@ -1,0 +1,193 @@
+"""The LightningDataModule: rows -> prompts -> each model's tokenization -> spans -> batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from distillkit.data.encode import Encoded, Example, encode, fits
+from distillkit.data.sources import SourceReport, load_splits
+from distillkit.data.template import format_prompt, references
+from distillkit.types import Batch, SideBatch
+
+log = logging.getLogger(__name__)
+
+#: An annotator adds span memberships to examples during data preparation (never in the step).
+Annotator = Callable[[list[Example]], dict[str, Any]]
+
+
+class EpochSeededSampler(Sampler[int]):
+    """A shuffle that depends only on (seed, epoch): resuming at an epoch boundary replays the same order."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of each epoch
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _pad(seqs: list[list[Any]], value: Any, length: int) -> list[list[Any]]:
+    return [list(s) + [value] * (length - len(s)) for s in seqs]
+
+
+def collate_side(encs: list[Encoded], spans: dict[str, list[list[list[int]]]] | None = None) -> SideBatch:
+    """Right-padded tensors of one model's view; span memberships flattened for segment ops."""
+    length = max(len(e.input_ids) for e in encs)
+    input_ids = torch.tensor(_pad([e.input_ids for e in encs], 0, length))
+    attention = torch.tensor(_pad([[1] * len(e.input_ids) for e in encs], 0, length))
+    labels = torch.tensor(_pad([e.labels for e in encs], -100, length))
+    offsets = torch.tensor(_pad([e.offsets for e in encs], (0, 0), length), dtype=torch.long)
+    memberships = {}
+    if spans:
+        from distillkit.spans.membership import collate_membership
+
+        memberships = {name: collate_membership(per_example, length) for name, per_example in spans.items()}
+    return SideBatch(input_ids, attention, labels, offsets.view(len(encs), length, 2), memberships)
+
+
+def collate(examples: list[Example]) -> Batch:
+    names = sorted({n for ex in examples for n in ex.spans})
+    s_spans = {n: [ex.spans.get(n, {}).get("student", []) for ex in examples] for n in names}
+    shared = all(ex.student is ex.teacher for ex in examples)
+    student = collate_side([ex.student for ex in examples], s_spans)
+    if shared:
+        teacher = student
+    else:
+        t_spans = {n: [ex.spans.get(n, {}).get("teacher", []) for ex in examples] for n in names}
+        teacher = collate_side([ex.teacher for ex in examples], t_spans)
+    aligned = {}
+    a_names = sorted({n for ex in examples for n in ex.aligned})
+    if a_names:
+        from distillkit.spans.membership import collate_membership
+
+        for n in a_names:
+            aligned[f"{n}/student"] = collate_membership(
+                [ex.aligned[n][0] for ex in examples], student.input_ids.shape[1]
+            )
+            aligned[f"{n}/teacher"] = collate_membership(
+                [ex.aligned[n][1] for ex in examples], teacher.input_ids.shape[1]
+            )
+    return Batch(
+        student=student,
+        teacher=teacher,
+        texts=[ex.text for ex in examples],
+        prompt_chars=[ex.prompt_chars for ex in examples],
+        index=torch.tensor([ex.index for ex in examples]),
+        aligned=aligned,
+    )
+
+
+class DistillDataModule(L.LightningDataModule):
+    """Builds examples once (``setup``) for both tokenizers; annotators add spans once."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        student_tokenizer: Any,
+        teacher_tokenizer: Any,
+        annotators: list[Annotator] | None = None,
+        shared_tokenizer: bool = False,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.student_tokenizer = student_tokenizer
+        self.teacher_tokenizer = teacher_tokenizer
+        self.shared = shared_tokenizer
+        self.annotators = annotators or []
+        self.examples: dict[str, list[Example]] = {}
+        self.rows: dict[str, list[dict]] = {}
+        self.report: dict[str, Any] = {}
+        self._ready = False
+
+    # -- preparation ---------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self._ready:
+            return
+        splits, source_report = load_splits(self.cfg)
+        self.report = {"source": source_report.as_dict(), "filtered": {}, "annotations": {}}
+        for split, rows in splits.items():
+            kept_rows, examples = self._encode_split(split, rows, source_report)
+            self.rows[split] = kept_rows
+            self.examples[split] = examples
+        for annotate in self.annotators:
+            for split, examples in self.examples.items():
+                if examples and split in ("train", "dev"):  # the test split is only generated from
+                    stats = annotate(examples)
+                    self.report["annotations"].setdefault(split, {}).update(stats or {})
+        self._ready = True
+        log.info("data: %s", {k: len(v) for k, v in self.examples.items()})
+
+    def _encode_split(
+        self, split: str, rows: list[dict], report: SourceReport
+    ) -> tuple[list[dict], list[Example]]:
+        cfg = self.cfg
+        kept_rows, examples, too_long = [], [], 0
+        for row in rows:
+            prompt = format_prompt(row, cfg.template, tokenizer=self.teacher_tokenizer)
+            refs = references(row)
+            response = refs[0]
+            s_enc = encode(self.student_tokenizer, prompt, response)
+            t_enc = s_enc if self.shared else encode(self.teacher_tokenizer, prompt, response)
+            # the length filter takes the maximum over both tokenizers and drops, never truncates
+            if not (
+                fits(s_enc, cfg.max_prompt_tokens, cfg.max_total_tokens)
+                and fits(t_enc, cfg.max_prompt_tokens, cfg.max_total_tokens)
+            ):
+                too_long += 1
+                continue
+            examples.append(Example(len(examples), prompt + response, len(prompt), refs, s_enc, t_enc))
+            kept_rows.append(row)
+        self.report["filtered"][split] = {"too_long": too_long, "kept": len(examples)}
+        if too_long:
+            log.info(
+                "data/%s: dropped %d of %d rows over %d prompt / %d total tokens",
+                split,
+                too_long,
+                len(rows),
+                cfg.max_prompt_tokens,
+                cfg.max_total_tokens,
+            )
+        return kept_rows, examples
+
+    # -- loaders --------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        examples = self.examples["train"]
+        return DataLoader(
+            examples,
+            batch_size=self.cfg.batch_size,
+            sampler=EpochSeededSampler(len(examples), self.cfg.shuffle_seed),
+            collate_fn=collate,
+            num_workers=self.cfg.num_workers,
+            drop_last=False,
+        )
+
+    def val_dataloader(self) -> DataLoader | list:
+        examples = self.examples.get("dev") or []
+        if not examples:
+            return []
+        return DataLoader(
+            examples,
+            batch_size=self.cfg.eval_batch_size,
+            shuffle=False,
+            collate_fn=collate,
+            num_workers=self.cfg.num_workers,
+        )
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        return (
+            batch.to(device)
+            if isinstance(batch, Batch)
+            else super().transfer_batch_to_device(batch, device, dataloader_idx)
+        )

@@ -1,0 +1,199 @@
+"""MTA: Multi-Granular Trajectory Alignment (arXiv 2605.01374; papers.md §2).
+
+For each mapped (teacher layer, student layer) pair, over that pair's span units (words for the
+lower pairs, noun/verb phrases for the higher ones):
+
+- **DSA** (Dynamic Structural Alignment): cosine Gram matrices of the span centres of mass on
+  each side, per sample; squared difference weighted by the teacher span masses ``m_u m_v``.
+- **HRA** (Hidden Representation Alignment): ``1 - cos(P h^S_t, h^T_t)`` over the tokens inside
+  the units, weighted by the teacher's token weights; ``P`` is a ``Linear(d_s, d_t)`` per pair.
+
+``L_MTA = mean_pairs(DSA + hra_factor * HRA)`` and the total is
+``(1 - kd_rate) * CE + kd_rate * (KD + w_span * L_MTA)`` on top of the token-level KD base
+(SRKL by default, the DistiLLM path). The terms ``dsa`` and ``hra`` are logged as pair means;
+their weights carry ``kd_rate * w_span`` (and ``hra_factor``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from torch import Tensor, nn
+
+from distillkit.config import value
+from distillkit.losses import dsa_loss, hra_loss
+from distillkit.methods.base import MethodSetupError
+from distillkit.methods.kd import KD
+from distillkit.models.layer_map import LayerPair, resolve_layer_map
+from distillkit.spans.pooling import (
+    attention_received_weights,
+    entropy_weights,
+    normalize_in_spans,
+    pool_spans,
+    self_similarity_weights,
+    token_mask_from_membership,
+    uniform_weights,
+)
+from distillkit.types import Needs
+
+WEIGHTS = ("self_similarity", "attention", "entropy", "uniform")
+LEVELS = ("both", "word", "phrase")
+PROJECTOR_INITS = ("default", "xavier", "zeros")
+
+
+class MTA(KD):
+    name = "mta"
+
+    def __init__(
+        self,
+        w_span: float = 2.0,
+        hra_factor: float = 0.1,
+        level: str = "both",
+        weights: str = "self_similarity",
+        projector_init: str = "default",
+        membership_rule: str = "reference",
+        span_region: str = "all",
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self.w_span, self.hra_factor = float(w_span), float(hra_factor)
+        self.level, self.weighting = value(level), value(weights)
+        for what, got, valid in (
+            ("level", self.level, LEVELS),
+            ("weights", self.weighting, WEIGHTS),
+            ("projector_init", projector_init, PROJECTOR_INITS),
+        ):
+            if got not in valid:
+                raise MethodSetupError(f"method.{what}={got!r}; valid: {', '.join(valid)}")
+        self.projector_init = projector_init
+        self.membership_rule, self.span_region = membership_rule, span_region
+        self.pairs: list[LayerPair] = []
+        self.projectors = nn.ModuleList()
+        self._span_tags: dict[str, Any] = {}
+
+    # -- before training ---------------------------------------------------------------------------
+    @property
+    def attn_implementation(self) -> str | None:
+        return "eager" if self.weighting == "attention" else None
+
+    def configure(self, cfg: Any) -> None:
+        """Called by the pipeline with the composed config (layer map, span parser)."""
+        self._cfg = cfg
+
+    def setup(self, teacher, student) -> None:
+        super().setup(teacher, student)
+        cfg = self._cfg
+        self.pairs = resolve_layer_map(
+            cfg.layer_map, cfg.model, teacher.num_layers, student.num_layers, self.level
+        )
+        d_s, d_t = student.hidden_size, teacher.hidden_size
+        self.projectors = nn.ModuleList(nn.Linear(d_s, d_t) for _ in self.pairs)
+        for proj in self.projectors:
+            if self.projector_init == "xavier":
+                nn.init.xavier_uniform_(proj.weight)
+                nn.init.zeros_(proj.bias)
+            elif self.projector_init == "zeros":
+                nn.init.zeros_(proj.weight)
+                nn.init.zeros_(proj.bias)
+        self._span_tags = {
+            "span_parser": str(cfg.span_parser._target_).rsplit(".", 1)[-1],
+            "word_units": cfg.span_parser.get("word_units"),
+        }
+
+    @property
+    def span_sets(self) -> frozenset[str]:
+        return frozenset(p.level for p in self.pairs)
+
+    def annotators(self, cfg, teacher, student) -> list:
+        from distillkit.data.annotate import span_annotator
+
+        parser = instantiate(cfg.span_parser)
+        return [
+            span_annotator(
+                parser, tuple(sorted(self.span_sets)), self.membership_rule, self.span_region, cfg.cache_dir
+            )
+        ]
+
+    def structural_weights(self) -> dict[str, float]:
+        base = super().structural_weights()
+        return {
+            **base,
+            "dsa": self.kd_rate * self.w_span,
+            "hra": self.kd_rate * self.w_span * self.hra_factor,
+        }
+
+    def tags(self) -> dict[str, Any]:
+        return {
+            **super().tags(),
+            "level": self.level,
+            "weights": self.weighting,
+            "w_span": self.w_span,
+            "num_pairs": len(self.pairs),
+            "layer_map": [(p.teacher, p.student, p.level) for p in self.pairs],
+            **self._span_tags,
+        }
+
+    @property
+    def student_needs(self) -> Needs:
+        att = (
+            tuple(sorted({max(p.student - 1, 0) for p in self.pairs}))
+            if self.weighting == "attention"
+            else ()
+        )
+        return Needs(
+            logits=True, hidden_states=tuple(sorted({p.student for p in self.pairs})), attentions=att
+        )
+
+    @property
+    def teacher_needs(self) -> Needs:
+        att = (
+            tuple(sorted({max(p.teacher - 1, 0) for p in self.pairs}))
+            if self.weighting == "attention"
+            else ()
+        )
+        return Needs(
+            logits=True, hidden_states=tuple(sorted({p.teacher for p in self.pairs})), attentions=att
+        )
+
+    # -- in the step ---------------------------------------------------------------------------------
+    def _token_weights(self, out, layer: int, hidden: Tensor, mask: Tensor, teacher_logits: Tensor | None):
+        if self.weighting == "uniform":
+            return uniform_weights(mask)
+        if self.weighting == "attention":
+            return attention_received_weights(out.attentions[max(layer - 1, 0)], mask)
+        if self.weighting == "entropy" and teacher_logits is not None:
+            return entropy_weights(teacher_logits, mask)
+        return self_similarity_weights(hidden, mask)
+
+    def forward(self, student, teacher, batch):
+        terms = super().forward(student, teacher, batch)
+        want_dsa, want_hra = self.active("dsa"), self.active("hra")
+        if not (want_dsa or want_hra):
+            return terms
+        s_side, t_side = batch.student, batch.teacher
+        s_mask, t_mask = s_side.attention_mask, t_side.attention_mask
+        dsa, hra = [], []
+        for k, pair in enumerate(self.pairs):
+            s_mem, t_mem = s_side.spans[pair.level], t_side.spans[pair.level]
+            h_s, h_t = student.hidden_states[pair.student], teacher.hidden_states[pair.teacher].float()
+            w_s = self._token_weights(student, pair.student, h_s.detach(), s_mask, None)
+            w_t = self._token_weights(
+                teacher, pair.teacher, h_t, t_mask, teacher.logits if self.weighting == "entropy" else None
+            )
+            # same-tokenizer path: weights of tokens inside the units sum to one per sample
+            w_s, w_t = normalize_in_spans(w_s, s_mem), normalize_in_spans(w_t, t_mem)
+            if want_dsa:
+                c_s, _ = pool_spans(h_s, s_mem, w_s)
+                c_t, m_t = pool_spans(h_t, t_mem, w_t)
+                dsa.append(dsa_loss(c_s, c_t, m_t, s_mem.span_mask & t_mem.span_mask))
+            if want_hra:
+                B, L = s_mask.shape
+                inside = token_mask_from_membership(s_mem, B, L)
+                hra.append(hra_loss(self.projectors[k](h_s.float()), h_t, w_t, inside))
+        if dsa:
+            terms["dsa"] = torch.stack(dsa).mean()
+        if hra:
+            terms["hra"] = torch.stack(hra).mean()
+        return terms

@@ -1,0 +1,127 @@
+"""The LightningModule: one forward per model per step, typed outputs, named loss terms.
+
+The teacher is frozen (eval mode, ``requires_grad=False``, forward under ``torch.no_grad()``,
+outside the optimizer and left out of checkpoints: it is rebuilt from its own source on resume).
+The student and the method's projectors train.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from distillkit.methods.base import Method
+from distillkit.models.pair import LoadedModel, freeze
+from distillkit.types import Batch, ModelOutput, Needs, SideBatch
+
+
+def run_forward(model: nn.Module, side: SideBatch, needs: Needs, vocab_size: int) -> ModelOutput:
+    """One forward asking only for what ``needs`` declares; logits cut to the real vocabulary."""
+    out = model(
+        input_ids=side.input_ids,
+        attention_mask=side.attention_mask,
+        output_hidden_states=bool(needs.hidden_states),
+        output_attentions=bool(needs.attentions),
+        use_cache=False,
+    )
+    logits = out.logits[..., :vocab_size] if needs.logits else None
+    hidden = {i: out.hidden_states[i] for i in needs.hidden_states} if needs.hidden_states else {}
+    attn = {i: out.attentions[i] for i in needs.attentions} if needs.attentions else {}
+    return ModelOutput(logits=logits, hidden_states=hidden, attentions=attn)
+
+
+class DistillModule(L.LightningModule):
+    def __init__(self, student: LoadedModel, teacher: LoadedModel | None, method: Method, optim: Any):
+        super().__init__()
+        self.student = student.model
+        self.student_tokenizer = student.tokenizer
+        self.student_vocab = student.vocab_size
+        self.method = method
+        self.optim = optim
+        self.teacher_vocab = teacher.vocab_size if teacher is not None else None
+        self.teacher_tokenizer = teacher.tokenizer if teacher is not None else None
+        # the teacher is a submodule (moved to the device with the rest) but never trained nor saved
+        self.teacher = (
+            freeze(teacher.model) if teacher is not None and method.teacher_needs is not None else None
+        )
+        self.strict_loading = False  # checkpoints carry no teacher weights
+        self._step_start: float | None = None
+
+    # -- modes ----------------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> DistillModule:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # Lightning calls .train() on the whole module; the teacher stays eval
+        return self
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("teacher.")]:
+            del state[key]
+
+    # -- the step --------------------------------------------------------------------------------
+    def compute_terms(self, batch: Batch) -> dict[str, Tensor]:
+        teacher_out = None
+        t_needs = self.method.teacher_needs
+        if t_needs is not None and self.teacher is not None:
+            with torch.no_grad():
+                teacher_out = run_forward(self.teacher, batch.teacher, t_needs, self.teacher_vocab)
+        student_out = run_forward(self.student, batch.student, self.method.student_needs, self.student_vocab)
+        return self.method(student_out, teacher_out, batch)
+
+    def weighted_loss(self, terms: dict[str, Tensor]) -> Tensor:
+        weights = self.method.weights
+        return sum(weights[name] * value for name, value in terms.items() if weights.get(name, 0.0) != 0.0)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        self._step_start = time.perf_counter()
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        terms = self.compute_terms(batch)
+        loss = self.weighted_loss(terms)
+        bs = batch.size
+        for name, value in terms.items():
+            self.log(f"train/{name}", value.detach(), batch_size=bs)
+        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if self._step_start is not None:
+            tokens = int(batch.student.attention_mask.sum())  # host-side count of the collated batch
+            elapsed = max(time.perf_counter() - self._step_start, 1e-9)
+            self.log("train/tokens_per_s", tokens / elapsed, prog_bar=True, batch_size=batch.size)
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        terms = self.compute_terms(batch)
+        loss = self.weighted_loss(terms)
+        for name, value in terms.items():
+            self.log(f"val/{name}", value, batch_size=batch.size, sync_dist=True)
+        self.log("val/loss", loss, prog_bar=True, batch_size=batch.size, sync_dist=True)
+
+    # -- optimization ----------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        from transformers import get_scheduler
+
+        o = self.optim
+        student_params = [p for p in self.student.parameters() if p.requires_grad]
+        groups = [{"params": student_params, "lr": o.lr, "name": "student"}]
+        groups += self.method.param_groups(o.lr, o.projector_lr)
+        optimizer = torch.optim.AdamW(
+            groups, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        warmup = o.warmup_steps or int(math.ceil(o.warmup_ratio * total))
+        schedule = {"cosine": "cosine", "constant": "constant_with_warmup", "linear": "linear"}.get(
+            o.schedule
+        )
+        if schedule is None:
+            raise ValueError(f"trainer.optim.schedule={o.schedule!r}; valid: cosine, constant, linear")
+        scheduler = get_scheduler(
+            schedule, optimizer, num_warmup_steps=warmup, num_training_steps=max(total, 1)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,176 @@
+"""The main job: ``python -m distillkit.run [group=option ...] [key=value ...]``.
+
+Composes the config (a typo or a bad choice fails here), trains (caching the teacher SFT when the
+pair asks for it), exports the student with ``save_pretrained``, evaluates it with the ``eval``
+protocol, and writes ``results.json`` atomically into the run folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from distillkit.config import value  # importing it registers the structured configs
+from distillkit.utils.io import atomic_write_json
+
+log = logging.getLogger("distillkit")
+
+
+def _wandb_offline() -> bool:
+    """W&B offline mode when no API key is configured (no account needed; `wandb sync` later)."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return True
+    return not (os.environ.get("WANDB_API_KEY") or (Path.home() / ".netrc").is_file())
+
+
+if not OmegaConf.has_resolver("distillkit.wandb_offline"):
+    OmegaConf.register_new_resolver("distillkit.wandb_offline", _wandb_offline)
+
+
+def final_evaluation(
+    cfg: DictConfig, model: Any, tokenizer: Any, dm: Any, out_dir: Path
+) -> dict[str, Any] | None:
+    """Evaluate on the ``eval`` protocol's sets; synthetic data evaluates on its own test split."""
+    from distillkit.eval import evaluate
+    from distillkit.eval.protocol import protocol_from_config
+
+    protocol = protocol_from_config(cfg.get("eval"))
+    if protocol is None or not cfg.final_eval:
+        return None
+    if value(cfg.data.source) == "synthetic":
+        import json
+
+        from distillkit.utils.io import atomic_write_text
+
+        root = out_dir / "data"
+        atomic_write_text(root / "test.jsonl", "".join(json.dumps(r) + "\n" for r in dm.rows.get("test", [])))
+        protocol = protocol.replace(sets={"synthetic": "test.jsonl"})
+    else:
+        from distillkit.utils.io import data_root
+
+        root = Path(cfg.data.root) if cfg.data.get("root") else data_root()
+    return evaluate(model, tokenizer, protocol, root, out_dir)
+
+
+def restore_best(result: dict[str, Any]) -> str | None:
+    """Load the best checkpoint (by the checkpoint monitor) into the student before export/eval."""
+    import torch
+
+    ckpt = result["trainer"].checkpoint_callback
+    best = getattr(ckpt, "best_model_path", None) if ckpt is not None else None
+    if not best or not Path(best).is_file():
+        return None
+    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    result["module"].load_state_dict(state, strict=False)
+    return best
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+
+    from distillkit.models.pair import export_student
+    from distillkit.pipeline import provenance, train
+
+    out_dir = (
+        Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.output_dir)
+    )
+    started = time.perf_counter()
+    result = train(cfg, out_dir)
+    trainer, module, dm = result["trainer"], result["module"], result["datamodule"]
+    results: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        best = restore_best(result)
+        exported = None
+        if cfg.export:
+            name = "teacher" if str(cfg.stage) == "teacher_sft" else "student"
+            exported = export_student(module.student, result["student"].tokenizer, out_dir / name)
+        evaluation = final_evaluation(cfg, module.student, result["student"].tokenizer, dm, out_dir)
+        t, d = cfg.trainer, cfg.data
+        world = trainer.world_size
+        results = {
+            "experiment": cfg.experiment_name,
+            "stage": str(cfg.stage),
+            "method": cfg.method.name,
+            "model": cfg.model.name,
+            "data": cfg.data.name,
+            "seed": int(cfg.seed),
+            "tags": {"method": cfg.method.name, "experiment": cfg.experiment_name, **result["method"].tags()},
+            "metrics": result["metrics"],
+            "eval": evaluation,
+            "batch": {
+                "per_device": d.batch_size,
+                "accumulation": t.accumulate_grad_batches,
+                "world_size": world,
+                "effective": d.batch_size * t.accumulate_grad_batches * world,
+            },
+            "steps": int(trainer.global_step),
+            "train_seconds": round(result["train_seconds"], 2),
+            "total_seconds": round(time.perf_counter() - started, 2),
+            "best_checkpoint": best,
+            "exported": str(exported) if exported else None,
+            "data_report": dm.report,
+            "provenance": provenance(
+                cfg,
+                dm,
+                {
+                    "student": result["student"].tokenizer,
+                    "teacher": result["teacher"].tokenizer if result["teacher"] else None,
+                },
+            ),
+            "config": OmegaConf.to_container(cfg, resolve=True),
+        }
+        atomic_write_json(out_dir / "results.json", results)
+        print_summary(results, out_dir)
+    return results
+
+
+def print_summary(results: dict[str, Any], out_dir: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"distillkit: {results['method']} on {results['model']} ({results['data']})")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key in ("train/loss", "val/loss", "val/rougeL"):
+        if key in results["metrics"]:
+            table.add_row(key, f"{results['metrics'][key]:.4f}")
+    ev = results.get("eval") or {}
+    for name, s in (ev.get("sets") or {}).items():
+        table.add_row(
+            f"test ROUGE-L {name}", "missing" if s.get("missing") else f"{s['mean']:.2f} ± {s['std']:.2f}"
+        )
+    table.add_row("steps", str(results["steps"]))
+    table.add_row("train time (s)", f"{results['train_seconds']:.1f}")
+    table.add_row("results", str(out_dir / "results.json"))
+    Console(stderr=False).print(table)
+
+
+def _task(cfg: DictConfig) -> float | None:
+    """The Hydra task: never leaves a W&B run open (multirun jobs stay separate, wandb #1314)."""
+    try:
+        results = run(cfg)
+    finally:
+        if "wandb" in sys.modules:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.finish()
+    metric = cfg.get("optimized_metric")
+    value = (results.get("metrics") or {}).get(metric) if metric else None
+    return float(value) if value is not None else None
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    return _task(cfg)
+
+
+if __name__ == "__main__":
+    main()

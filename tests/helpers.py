@@ -1,0 +1,52 @@
+"""Composing configs in tests the way `python -m distillkit.run` does (Hydra compose API)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+#: overrides that make any run tiny and quick on the CPU
+SMALL = [
+    "data.synthetic.n_train=64",
+    "data.synthetic.n_dev=16",
+    "data.synthetic.n_test=8",
+    "data.batch_size=8",
+    "model.teacher_sft.max_steps=4",
+    "model.teacher_sft.batch_size=8",
+    "trainer.max_epochs=1",
+    "trainer.max_steps=3",
+    "trainer.log_every_n_steps=1",
+    "trainer.enable_progress_bar=false",
+    "logger=none",
+]
+
+
+def compose_cfg(overrides: list[str] | None = None, out_dir: Path | None = None) -> DictConfig:
+    """The composed run config with ``hydra.runtime.output_dir`` set to ``out_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=list(overrides or []), return_hydra_config=True)
+    if out_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(out_dir)
+            cfg.hydra.job.num = 0
+        HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+#: the config groups a user picks options from
+REPO_GROUPS = sorted(
+    p.name
+    for p in CONF.iterdir()
+    if p.is_dir() and p.name not in ("hydra", "local") and any(p.glob("*.yaml"))
+)
