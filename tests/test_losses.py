@@ -157,8 +157,10 @@ def test_chunking_gives_the_same_values_and_gradients(name, chunk_size):
         whole = fn(a, teacher, mask, temperature=2.0, reduction=reduction)
         chunked = fn(b, teacher, mask, temperature=2.0, reduction=reduction, chunk_size=chunk_size)
         torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-7)
-        whole.sum().backward()
-        chunked.sum().backward()
+        # an uneven upstream gradient, so each token's gradient must land on its own row
+        upstream = torch.rand(whole.shape, generator=torch.Generator().manual_seed(1))
+        (whole * upstream).sum().backward()
+        (chunked * upstream).sum().backward()
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7)
 
 
@@ -401,3 +403,17 @@ def test_cross_entropy_all_ignored_and_bad_input():
         cross_entropy(logits, labels, reduction="max")
     with pytest.raises(ValueError, match="labels"):
         cross_entropy(logits, labels[:, :3])
+
+
+def test_cross_entropy_chunked_gradient_matches_the_closed_form():
+    """d CE / d logits = softmax - one_hot(label) on counted rows, 0 on ignored ones."""
+    g = torch.Generator().manual_seed(41)
+    logits = torch.randn(2, 5, 9, generator=g, requires_grad=True)
+    labels = torch.randint(0, 9, (2, 5), generator=g)
+    labels[0, 1] = labels[1, 3] = -100
+    upstream = torch.rand(2, 5, generator=g)
+    (cross_entropy(logits, labels, reduction="none", chunk_size=3) * upstream).sum().backward()
+    counted = labels.ne(-100)
+    one_hot = torch.nn.functional.one_hot(labels.clamp_min(0), 9).double()
+    want = (torch.softmax(logits.detach().double(), -1) - one_hot) * (upstream * counted).unsqueeze(-1)
+    torch.testing.assert_close(logits.grad.double(), want, rtol=1e-5, atol=1e-7)

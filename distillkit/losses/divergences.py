@@ -16,9 +16,10 @@ Every divergence has the same call form::
   that is still attached to the graph), ``"sum"`` (so the caller can divide by a global token count
   across gradient accumulation and devices) or ``"none"`` (per-token values shaped like ``mask``,
   zero at masked positions).
-* ``chunk_size``: process the counted tokens ``chunk_size`` rows at a time. The result is the same;
-  the largest intermediate is ``chunk_size x V`` and, under autograd, each chunk is recomputed in the
-  backward pass (activation checkpointing) instead of keeping its ``chunk x V`` intermediates alive.
+* ``chunk_size``: process the counted tokens ``chunk_size`` rows at a time, in the forward and in
+  the backward pass (each chunk is recomputed there). The result is the same; the largest
+  intermediate is ``chunk_size x V`` and nothing ``N x V``-sized is kept between the two passes.
+  The gradient then flows into ``student_logits`` only (which is always the case for divergences).
 
 The values are true divergences (entropy terms included), so what gets logged is a real KL/JS/TV.
 """
@@ -31,7 +32,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "DIVERGENCES",
@@ -109,43 +109,72 @@ def _check_logits(student_logits: Tensor, teacher_logits: Tensor) -> None:
             raise ValueError(f"{name} must be floating point, got dtype {t.dtype}")
 
 
+class _ChunkedRows(torch.autograd.Function):
+    """Row-wise ``fn`` over chunks of rows with a hand-written, chunked backward pass.
+
+    Forward runs ``fn`` chunk by chunk without keeping anything but the inputs. Backward recomputes
+    each chunk under autograd and writes its gradient straight into one preallocated gradient of
+    the first input, so the peak extra memory is one chunk's intermediates plus that gradient (plain
+    activation checkpointing would allocate a full-size zero gradient per chunk instead).
+    Only the first tensor is differentiable; the others (teacher logits, labels) never get gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, fn, chunk_size, rows, first, *others):  # noqa: ANN001 - autograd signature
+        ctx.fn, ctx.chunk_size = fn, chunk_size
+        ctx.save_for_backward(rows, first, *others)
+        parts = [fn(*chunk) for _, chunk in _chunks(rows, (first, *others), chunk_size)]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad_values):  # noqa: ANN001 - autograd signature
+        rows, first, *others = ctx.saved_tensors
+        grad_first = torch.zeros_like(first)
+        offset = 0
+        for index, (first_chunk, *other_chunks) in _chunks(rows, (first, *others), ctx.chunk_size):
+            n = first_chunk.shape[0]
+            with torch.enable_grad():
+                leaf = first_chunk.detach().requires_grad_(True)
+                values = ctx.fn(leaf, *other_chunks)
+                (grad_chunk,) = torch.autograd.grad(values, leaf, grad_values[offset : offset + n])
+            grad_first.index_copy_(0, index, grad_chunk)
+            offset += n
+        return (None, None, None, grad_first) + (None,) * len(others)
+
+
+def _chunks(rows: Tensor, tensors: tuple[Tensor, ...], chunk_size: int):
+    """Yield ``(row index, tensors' rows)`` for consecutive chunks of the selected ``rows``."""
+    for start in range(0, rows.shape[0], chunk_size):
+        index = rows[start : start + chunk_size]
+        yield index, tuple(t.index_select(0, index) for t in tensors)
+
+
 def _in_chunks(
     fn: Callable[..., Tensor],
     tensors: tuple[Tensor, ...],
     flat_mask: Tensor | None,
     chunk_size: int | None,
 ) -> Tensor:
-    """Apply a row-wise ``fn`` to the counted rows of ``tensors``, ``chunk_size`` rows at a time.
+    """Apply a row-wise ``fn`` to the counted rows of ``tensors`` (all with ``N`` rows).
 
-    ``tensors`` all have ``N`` rows; ``flat_mask`` (``(N,)`` bool or None = all) picks the counted
-    ones. With ``chunk_size`` the counted rows are gathered chunk by chunk (no copy of all counted
-    rows) and, under autograd, each chunk is checkpointed: the backward pass recomputes it instead of
-    keeping its ``(chunk, V)`` float32 intermediates alive.
+    ``flat_mask`` (``(N,)`` bool, None = all rows) picks the counted rows. Without ``chunk_size`` this
+    is ``fn`` on the selected rows. With it, rows are gathered and processed ``chunk_size`` at a time
+    in the forward *and* the backward pass (see :class:`_ChunkedRows`): the largest intermediate is
+    ``chunk_size x V`` and nothing of size ``N x V`` is kept between the passes. Gradients flow into
+    ``tensors[0]`` only.
     """
     if chunk_size is None:
         return fn(*(t if flat_mask is None else t[flat_mask] for t in tensors))
-    rows = None if flat_mask is None else flat_mask.nonzero().squeeze(1)
-    n = tensors[0].shape[0] if rows is None else rows.shape[0]
-    if n <= chunk_size:
-        return fn(*(t if rows is None else t.index_select(0, rows) for t in tensors))
-
-    def on_rows(index: Tensor, *full: Tensor) -> Tensor:
-        return fn(*(t.index_select(0, index) for t in full))
-
-    needs_graph = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    parts = []
-    for start in range(0, n, chunk_size):
-        if rows is None:
-            chunk = tuple(t[start : start + chunk_size] for t in tensors)
-            parts.append(checkpoint(fn, *chunk, use_reentrant=False) if needs_graph else fn(*chunk))
-        else:
-            index = rows[start : start + chunk_size]
-            parts.append(
-                checkpoint(on_rows, index, *tensors, use_reentrant=False)
-                if needs_graph
-                else on_rows(index, *tensors)
-            )
-    return torch.cat(parts)
+    first, *others = tensors
+    rows = (
+        torch.arange(first.shape[0], device=first.device)
+        if flat_mask is None
+        else flat_mask.nonzero().squeeze(1)
+    )
+    if torch.is_grad_enabled() and first.requires_grad:
+        return _ChunkedRows.apply(fn, chunk_size, rows, first, *others)
+    with torch.no_grad():
+        return torch.cat([fn(*chunk) for _, chunk in _chunks(rows, tensors, chunk_size)])
 
 
 def _reduce(values: Tensor, flat_mask: Tensor | None, lead_shape: torch.Size, reduction: str) -> Tensor:
