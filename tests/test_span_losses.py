@@ -172,6 +172,22 @@ def test_hra_is_zero_for_equal_or_positively_scaled_student():
     assert float(hra_loss(-teacher, teacher, weights, mask)) == pytest.approx(2.0, abs=1e-5)
 
 
+def test_hra_and_com_ignore_padding_and_handle_empty_samples():
+    student, teacher, weights, _ = _case(16, same_width=True, n=4)
+    mask = torch.tensor([[False] * 4, [True, False, False, False], [True, True, False, True]])
+    student[~mask] = float("nan")
+    weights = torch.where(mask, weights, torch.full_like(weights, float("nan")))
+    student.requires_grad_(True)
+    for loss_fn in (hra_loss, com_alignment_loss):
+        got = loss_fn(student, teacher, weights, mask)
+        want = _hra_reference(student.detach()[1:], teacher[1:], weights[1:], mask[1:])
+        assert float(got.detach()) == pytest.approx(want, rel=1e-5)
+        (grad,) = torch.autograd.grad(got, student)
+        assert torch.isfinite(grad).all() and torch.all(grad[~mask] == 0)
+        empty = loss_fn(student, teacher, weights, torch.zeros_like(mask))
+        assert float(empty.detach()) == 0.0 and empty.requires_grad
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_com_alignment_matches_loop_reference(seed):
     student, teacher, mass, mask = _case(seed, same_width=True)
