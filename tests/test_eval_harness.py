@@ -89,7 +89,7 @@ def test_missing_set_reported_and_excluded_from_avg(tiny_model, gpt2_tokenizer, 
         per_seed = [entry["seeds"]["1"], entry["seeds"]["2"]]
         assert entry["mean"] == pytest.approx(np.mean(per_seed))
         assert entry["std"] == pytest.approx(np.std(per_seed, ddof=1))
-        assert entry["std_over"] == "generation_seeds"
+        assert entry["std_over"] == "generation_seeds" and entry["n_seeds"] == 2
     assert res["avg"] == pytest.approx((res["sets"]["a"]["mean"] + res["sets"]["b"]["mean"]) / 2)
 
     preds_b = read_jsonl(out / "predictions" / "b.jsonl")
@@ -112,7 +112,7 @@ def test_perfect_model_scores_100(gpt2_tokenizer, root, monkeypatch):
         None, gpt2_tokenizer, protocol(sets={"a": "a/valid.jsonl"}, seeds=[1]), root, None, log=None
     )
     assert res["sets"]["a"]["seeds"] == {"1": pytest.approx(100.0)}
-    assert res["sets"]["a"]["std"] is None  # one generation seed: no spread
+    assert res["sets"]["a"]["std"] == 0.0 and res["sets"]["a"]["n_seeds"] == 1  # one generation seed
     assert res["avg"] == pytest.approx(100.0) and res["missing_sets"] == []
 
 

@@ -49,7 +49,7 @@ def write_run(root, spec, row, seed, set_scores, missing=()):
             sets[name] = {
                 "seeds": {str(k): v for k, v in scores.items()},
                 "mean": float(np.mean(vals)),
-                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else None,
+                "std": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,  # as the harness writes it
                 "n_prompts": 10,
                 "missing": False,
             }
@@ -225,6 +225,14 @@ def test_single_run_reports_generation_seed_spread(tmp_path):
     per_seed_avg = [np.mean([scores[n][g] for n in SETS]) for g in (10, 20, 30)]
     assert result.cell("One", "avg").gen_std == pytest.approx(np.std(per_seed_avg, ddof=1))
     assert agg.format_cell(cell) == f"23.00 (± {np.std([20.0, 22.0, 27.0], ddof=1):.2f})"
+
+
+def test_one_generation_seed_shows_no_spread(tmp_path):
+    spec = make_spec(["One"], seeds=(7,))
+    write_run(tmp_path, spec, "One", 7, {n: {10: 12.5} for n in SETS})
+    cell = agg.aggregate_table(spec, "smoke", tmp_path).cell("One", "dolly")
+    assert cell.value == 12.5 and cell.gen_std is None and cell.std is None
+    assert agg.format_cell(cell) == "12.50"
 
 
 def test_markdown_and_latex_mark_missing_cells(filled):
@@ -464,6 +472,27 @@ def test_failed_run_recorded_and_others_still_run(tmp_path, monkeypatch):
     reproduce.main(args)
     for (_table, row, _seed), plan in plans.items():
         assert (plan.run_dir / "calls").read_text() == ("xx" if row == "bad KD" else "x")
+
+
+CRASH_AFTER_RESULTS = """
+import json, sys, pathlib
+args = dict(a.split('=', 1) for a in sys.argv[1:])
+sets = {'dolly': {'seeds': {'10': 20.0}, 'mean': 20.0, 'std': 0.0, 'missing': False}}
+out = {'eval': {'protocol': 'smoke', 'sets': sets, 'avg': 20.0, 'missing_sets': []}}
+pathlib.Path(args['hydra.run.dir'], 'results.json').write_text(json.dumps(out))
+sys.exit(1)  # e.g. a crash while printing a summary, after the results were written
+"""
+
+
+def test_a_run_that_wrote_its_results_counts_as_done(tmp_path, monkeypatch):
+    specs_dir, root = tmp_path / "specs", tmp_path / "results"
+    write_specs(specs_dir)
+    monkeypatch.setattr(reproduce, "RUN_COMMAND", [sys.executable, "-c", CRASH_AFTER_RESULTS])
+    reproduce.main(
+        ["--scale", "smoke", "--tables", "beta", "--specs-dir", str(specs_dir), "--results-root", str(root)]
+    )
+    for plan in plan_runs(load_specs(specs_dir, ["beta"])[0], "smoke", root):
+        assert plan.status() == "done" and not plan.failed_path.exists()
 
 
 def test_unknown_table_name_lists_the_valid_ones(tmp_path):

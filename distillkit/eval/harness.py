@@ -4,12 +4,14 @@ The returned dict is what goes under ``results["eval"]`` (schema in ``distillkit
 
     {"protocol": "dskd", "protocol_config": {...},
      "sets": {"dolly": {"path": "dolly/valid.jsonl", "missing": false, "n_prompts": 500,
-                        "seeds": {"10": 24.1, ...}, "mean": 24.0, "std": 0.3, "std_over": "generation_seeds"},
+                        "seeds": {"10": 24.1, ...}, "n_seeds": 5, "mean": 24.0, "std": 0.3,
+                        "std_over": "generation_seeds"},
               "uinst": {"path": "uinst/11_/valid.jsonl", "missing": true, "reason": "file not found"}},
      "avg": 18.2, "missing_sets": ["uinst"]}
 
 A missing set is never dropped silently: it is listed in ``missing_sets`` and left out of ``avg``.
-``std`` is the sample standard deviation (n-1) over generation seeds, ``None`` with one seed.
+``std`` is the sample standard deviation (n-1) over generation seeds; with a single seed it is 0.0
+(kept a number so that consumers can format it) and ``n_seeds`` says that there is no spread.
 """
 
 from __future__ import annotations
@@ -30,9 +32,10 @@ from distillkit.eval.rouge import rouge_l
 from distillkit.utils.io import atomic_write_text, read_jsonl
 
 
-def _mean_std(values: list[float]) -> tuple[float, float | None]:
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample std (n-1); the std of a single value is reported as 0.0."""
     mean = statistics.fmean(values)
-    return mean, (statistics.stdev(values) if len(values) > 1 else None)
+    return mean, (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def load_eval_rows(path: Path, max_prompts: int | None = None) -> list[dict[str, Any]]:
@@ -123,6 +126,7 @@ def evaluate(
             "missing": False,
             "n_prompts": len(prompts),
             "seeds": seed_scores,
+            "n_seeds": len(seed_scores),
             "mean": mean,
             "std": std,
             "std_over": "generation_seeds",

@@ -133,7 +133,9 @@ def run_value(
         entry = present(column)
         if entry is None:
             return None, None, "set_missing"
-        return float(entry["mean"]), entry.get("std"), None
+        # a spread over generation seeds exists only with two seeds or more (one seed reports std 0.0)
+        gen_std = entry.get("std") if len(entry.get("seeds") or {}) > 1 else None
+        return float(entry["mean"]), gen_std, None
 
     if not set_columns:  # a table with only an avg column: the run's own average over its sets
         if ev.get("missing_sets") or ev.get("avg") is None:

@@ -80,7 +80,9 @@ def execute(plan: RunPlan, timeout: float | None = None, cwd: Path = REPO) -> bo
         except OSError as err:
             code = f"could not start: {err}"
     elapsed = time.perf_counter() - start
-    if code == 0 and plan.results_path.is_file():
+    if plan.results_path.is_file():  # written atomically at the very end of a run: the results are whole
+        if code != 0:
+            print(f"[reproduce]   note: exit {code} after writing results.json; see {log_path}", flush=True)
         return True
     if code == 0:
         code = "exit 0 but no results.json"
