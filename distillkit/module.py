@@ -50,6 +50,9 @@ class DistillModule(L.LightningModule):
             freeze(teacher.model) if teacher is not None and method.teacher_needs is not None else None
         )
         self.strict_loading = False  # checkpoints carry no teacher weights
+        #: an optional on-policy data source (``distillkit.data.onpolicy``): may swap the batch for
+        #: one of student-generated responses that were tokenized and span-annotated when buffered
+        self.batch_source: Any = None
         self._step_start: float | None = None
 
     # -- modes ----------------------------------------------------------------------------------
@@ -82,6 +85,8 @@ class DistillModule(L.LightningModule):
         self._step_start = time.perf_counter()
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        if self.batch_source is not None:
+            batch = self.batch_source.replace(batch, self)
         terms = self.compute_terms(batch)
         loss = self.weighted_loss(terms)
         bs = batch.size

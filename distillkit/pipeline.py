@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from distillkit.config import value
 from distillkit.data.datamodule import DistillDataModule
 from distillkit.methods.base import Method, MethodSetupError
+from distillkit.methods.sft import SFT
 from distillkit.models.pair import LoadedModel, export_student, load_model, load_tokenizer, same_vocabulary
 from distillkit.module import DistillModule
 from distillkit.utils.io import cache_dir, locked, sha256_file, stable_hash
@@ -82,7 +83,6 @@ def ensure_sft_teacher(cfg: DictConfig) -> Path:
             cfg,
             {
                 "stage": "teacher_sft",
-                "method": {"_target_": "distillkit.methods.sft.SFT", "name": "sft", "terms": {}},
                 "data": {"batch_size": sft.batch_size},
                 "trainer": {
                     "max_epochs": -1,
@@ -110,11 +110,16 @@ def _precision_and_device(cfg: DictConfig) -> dict[str, Any]:
     }
 
 
-def build_trainer(cfg: DictConfig, out_dir: Path, with_callbacks: bool = True) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, out_dir: Path, with_callbacks: bool = True, extra_callbacks: list[Any] | None = None
+) -> L.Trainer:
+    """The Lightning trainer of one stage; ``extra_callbacks`` (e.g. the on-policy data source) are
+    added to the configured ones."""
     t = cfg.trainer
     callbacks = []
     if with_callbacks and cfg.get("callbacks"):
         callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None and "_target_" in c]
+    callbacks += list(extra_callbacks or [])
     logger: Any = False
     if with_callbacks and cfg.get("logger") and "_target_" in cfg.logger:
         logger = instantiate(cfg.logger)
@@ -175,7 +180,15 @@ def train(
     L.seed_everything(int(cfg.seed), workers=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = str(cfg.stage)
-    method = build_method(cfg)
+    # on-policy data (distillkit.data.onpolicy): distillation only; its settings checked before any loading
+    onpolicy = cfg.get("onpolicy")
+    use_onpolicy = stage == "distill" and onpolicy is not None and bool(onpolicy.enabled)
+    if use_onpolicy:
+        from distillkit.data.onpolicy import check_settings
+
+        check_settings(**OmegaConf.to_container(onpolicy, resolve=True))
+    # stage=teacher_sft fine-tunes the teacher alone: always plain SFT, whatever method is configured
+    method = SFT() if stage == "teacher_sft" else build_method(cfg)
     method.configure(cfg)
 
     # tokenizers and the cheap method checks come before any weights are loaded
@@ -196,6 +209,8 @@ def train(
             weights_path=weights,
             attn_implementation=method.attn_implementation,
         )
+    # re-seed so the student's initialisation does not depend on whether the teacher was just trained
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     student = load_model(
         trainee_side, trainee_role, cfg.cache_dir, attn_implementation=method.attn_implementation
     )
@@ -211,7 +226,14 @@ def train(
     )
     dm.setup("fit")
     module = DistillModule(student, teacher, method, cfg.trainer.optim)
-    trainer = build_trainer(cfg, out_dir, with_callbacks=with_callbacks)
+    extra_callbacks = []
+    if use_onpolicy:  # on-policy wiring: the source swaps batches in training_step and checkpoints its buffer
+        from distillkit.data.onpolicy import StudentGeneratedData
+
+        source = StudentGeneratedData.from_config(OmegaConf.to_container(onpolicy, resolve=True), dm)
+        module.batch_source = source
+        extra_callbacks.append(source)
+    trainer = build_trainer(cfg, out_dir, with_callbacks=with_callbacks, extra_callbacks=extra_callbacks)
     started = time.perf_counter()
     trainer.fit(module, datamodule=dm, ckpt_path=resume_path(cfg, out_dir))
     train_seconds = time.perf_counter() - started

@@ -68,3 +68,10 @@ def test_cfg_job_prints_the_composed_config():
     )
     assert out.returncode == 0, out.stderr
     assert "divergence: srkl" in out.stdout
+
+
+def test_term_switches_are_overrides_and_unknown_terms_fail_at_compose():
+    cfg = compose_cfg(["method=mta", "method.terms.dsa=0"])
+    assert cfg.method.terms.dsa == 0 and cfg.method.terms.hra == 1
+    with pytest.raises((ConfigCompositionException, ConfigKeyError, HydraException)):
+        compose_cfg(["method=kd", "method.terms.dsaa=0"])

@@ -137,17 +137,11 @@ class DistillDataModule(L.LightningDataModule):
         for row in rows:
             prompt = format_prompt(row, cfg.template, tokenizer=self.teacher_tokenizer)
             refs = references(row)
-            response = refs[0]
-            s_enc = encode(self.student_tokenizer, prompt, response)
-            t_enc = s_enc if self.shared else encode(self.teacher_tokenizer, prompt, response)
-            # the length filter takes the maximum over both tokenizers and drops, never truncates
-            if not (
-                fits(s_enc, cfg.max_prompt_tokens, cfg.max_total_tokens)
-                and fits(t_enc, cfg.max_prompt_tokens, cfg.max_total_tokens)
-            ):
+            example = self.encode_example(len(examples), prompt, refs[0], refs)
+            if example is None:
                 too_long += 1
                 continue
-            examples.append(Example(len(examples), prompt + response, len(prompt), refs, s_enc, t_enc))
+            examples.append(example)
             kept_rows.append(row)
         self.report["filtered"][split] = {"too_long": too_long, "kept": len(examples)}
         if too_long:
@@ -160,6 +154,37 @@ class DistillDataModule(L.LightningDataModule):
                 cfg.max_total_tokens,
             )
         return kept_rows, examples
+
+    def encode_example(self, index: int, prompt: str, response: str, refs: list[str]) -> Example | None:
+        """``prompt + response`` tokenized by both models (shared when they share a tokenizer), or
+        ``None`` when either side is over the length limits (dropped, never truncated)."""
+        cfg = self.cfg
+        s_enc = encode(self.student_tokenizer, prompt, response)
+        t_enc = s_enc if self.shared else encode(self.teacher_tokenizer, prompt, response)
+        if not (
+            fits(s_enc, cfg.max_prompt_tokens, cfg.max_total_tokens)
+            and fits(t_enc, cfg.max_prompt_tokens, cfg.max_total_tokens)
+        ):
+            return None
+        return Example(index, prompt + response, len(prompt), refs, s_enc, t_enc)
+
+    def make_examples(self, prompts: list[str], responses: list[str], first_index: int = 0) -> list[Example]:
+        """Examples of new (prompt, response) pairs, e.g. student generations (``distillkit.data.onpolicy``),
+        encoded exactly as :meth:`setup` encodes the data; pairs over the length limits are dropped.
+        Example ``i`` gets index ``first_index + i``. They carry no spans yet: see :meth:`annotate`."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; need one each")
+        made = (
+            self.encode_example(first_index + i, p, r, [r]) for i, (p, r) in enumerate(zip(prompts, responses))
+        )
+        return [ex for ex in made if ex is not None]
+
+    def annotate(self, examples: list[Example]) -> dict[str, Any]:
+        """Runs every annotator once over ``examples`` (one batched call each); their merged stats."""
+        stats: dict[str, Any] = {}
+        for annotate in self.annotators:
+            stats.update(annotate(examples) or {})
+        return stats
 
     # -- loaders --------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
