@@ -23,6 +23,7 @@ share a word).
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -157,10 +158,8 @@ class SpacySpanParser(SpanParser):
         _check_choice("word_units", word_units, WORD_UNITS)
         if n_process < 1 or batch_size < 1:
             raise ValueError(f"n_process and batch_size must be >= 1, got {n_process}, {batch_size}")
-        import spacy.util
-
         candidates = [m for m in (model, fallback) if m]
-        installed = [m for m in candidates if spacy.util.is_package(m)]
+        installed = [m for m in candidates if importlib.util.find_spec(m) is not None]  # pipeline packages
         if not installed:
             raise RuntimeError(
                 f"No spaCy pipeline found (tried {', '.join(map(repr, candidates))}). Install one: "
@@ -182,9 +181,10 @@ class SpacySpanParser(SpanParser):
         }
 
     def version(self) -> str:
-        import spacy
-
-        return f"spacy={spacy.__version__};{self.resolved_model}={_package_version(self.resolved_model)}"
+        # from package metadata: a fully cached run never imports spaCy
+        return (
+            f"spacy={_package_version('spacy')};{self.resolved_model}={_package_version(self.resolved_model)}"
+        )
 
     def _load(self) -> None:
         if self._nlp is None:
@@ -309,9 +309,7 @@ class StanzaSpanParser(SpanParser):
         }
 
     def version(self) -> str:
-        import stanza
-
-        return f"stanza={stanza.__version__}"
+        return f"stanza={_package_version('stanza')}"
 
     def parse(self, texts: list[str]) -> list[list[CharSpan]]:
         if not texts:
