@@ -14,7 +14,8 @@ student; the exported HF student leaves them out). It:
 
 ``weights`` are the method's structural coefficients (e.g. ``1 - kd_rate`` for CE) times the
 user's ``terms`` multipliers from the config, so ``method.terms.kd=0`` is an ablation. A term
-whose weight is 0 is not computed.
+whose weight is 0 is not computed (cheap diagnostics such as CE may still be returned detached:
+they are logged, never added to the loss).
 """
 
 from __future__ import annotations

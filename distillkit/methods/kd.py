@@ -73,8 +73,9 @@ class KD(Method):
 
     def forward(self, student, teacher, batch):
         terms = {}
-        if self.active("ce"):
-            terms["ce"] = cross_entropy(student.logits, batch.student.labels)
+        # CE is cheap from the student's logits: logged even at weight 0 (as a detached diagnostic)
+        ce = cross_entropy(student.logits, batch.student.labels)
+        terms["ce"] = ce if self.active("ce") else ce.detach()
         if self.active("kd"):
             terms["kd"] = self.kd_term(student, teacher, batch)
         return terms
