@@ -175,7 +175,8 @@ class DistillDataModule(L.LightningDataModule):
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses; need one each")
         made = (
-            self.encode_example(first_index + i, p, r, [r]) for i, (p, r) in enumerate(zip(prompts, responses))
+            self.encode_example(first_index + i, p, r, [r])
+            for i, (p, r) in enumerate(zip(prompts, responses))
         )
         return [ex for ex in made if ex is not None]
 
