@@ -258,6 +258,11 @@ def test_exact_alignment_hand_examples():
     assert exact_token_alignment(["ab", "c"], ["a", "bc"]) == []
     assert exact_token_alignment(["▁x", "<0xC3>", "<0xA9>", "▁y"], ["Ġx", "Ã©", "Ġy"]) == [(0, 0), (3, 2)]
     assert exact_token_alignment([], ["a"]) == []
+    # a BOS on one side only: skipped when marked invalid
+    assert exact_token_alignment(["<s>", "▁Hi", "▁there"], ["Hi", "Ġthere"], valid_a=[False, True, True]) == [
+        (1, 0),
+        (2, 1),
+    ]
 
 
 def test_exact_alignment_on_real_pair(real_texts, gpt2_tokenizer, qwen_tokenizer):

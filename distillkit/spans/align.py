@@ -177,6 +177,8 @@ def exact_token_alignment(
     tokens_b: Sequence[str],
     byte_level_a: bool | None = None,
     byte_level_b: bool | None = None,
+    valid_a: Sequence[bool] | None = None,
+    valid_b: Sequence[bool] | None = None,
 ) -> list[tuple[int, int]]:
     """Pairs ``(i, j)`` of tokens whose strings agree after removing space markers, in order.
 
@@ -187,13 +189,21 @@ def exact_token_alignment(
     texts differ, e.g. an unstripped special token), the walk re-syncs from the next tokens.
     ``byte_level_x`` says whether side x uses byte-level BPE strings (default: detected — every
     character is one of GPT-2's byte stand-ins). Whitespace-only tokens never pair.
+    ``valid_x[t] = False`` (BOS/EOS, padding) makes token ``t`` count as empty: it never pairs and
+    adds nothing to the consumed string.
     """
     if byte_level_a is None:
-        byte_level_a = _is_byte_level(tokens_a)
+        byte_level_a = _is_byte_level([t for t, ok in zip(tokens_a, valid_a or [True] * len(tokens_a)) if ok])
     if byte_level_b is None:
-        byte_level_b = _is_byte_level(tokens_b)
-    norm_a = [normalize_token(t, byte_level_a) for t in tokens_a]
-    norm_b = [normalize_token(t, byte_level_b) for t in tokens_b]
+        byte_level_b = _is_byte_level([t for t, ok in zip(tokens_b, valid_b or [True] * len(tokens_b)) if ok])
+    norm_a = [
+        normalize_token(t, byte_level_a) if ok else b""
+        for t, ok in zip(tokens_a, valid_a or [True] * len(tokens_a))
+    ]
+    norm_b = [
+        normalize_token(t, byte_level_b) if ok else b""
+        for t, ok in zip(tokens_b, valid_b or [True] * len(tokens_b))
+    ]
 
     pairs: list[tuple[int, int]] = []
     i = j = 0
