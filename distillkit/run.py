@@ -101,7 +101,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "model": cfg.model.name,
             "data": cfg.data.name,
             "seed": int(cfg.seed),
-            "tags": {"method": cfg.method.name, "experiment": cfg.experiment_name, **result["method"].tags()},
+            "tags": {
+                "method": cfg.method.name,
+                "experiment": cfg.experiment_name,
+                **OmegaConf.to_container(cfg.get("tags") or {}, resolve=True),
+                **result["method"].tags(),
+            },
             "metrics": result["metrics"],
             "eval": evaluation,
             "batch": {
@@ -152,10 +157,28 @@ def print_summary(results: dict[str, Any], out_dir: Path) -> None:
     Console(stderr=False).print(table)
 
 
+def _record_failure(cfg: DictConfig, err: BaseException) -> None:
+    import traceback
+
+    from hydra.core.hydra_config import HydraConfig
+
+    from distillkit.utils.io import atomic_write_text
+
+    if not HydraConfig.initialized():
+        return
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    atomic_write_text(out_dir / "FAILED", text)
+
+
 def _task(cfg: DictConfig) -> float | None:
     """The Hydra task: never leaves a W&B run open (multirun jobs stay separate, wandb #1314)."""
     try:
         results = run(cfg)
+    except BaseException as err:
+        # a failing job of a multirun is recorded in its folder; Hydra goes on with the others
+        _record_failure(cfg, err)
+        raise
     finally:
         if "wandb" in sys.modules:
             import wandb
