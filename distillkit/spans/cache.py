@@ -74,7 +74,7 @@ def _encode(spans: list[CharSpan]) -> list[list[Any]]:
 
 
 def _decode(rows: list[list[Any]]) -> list[CharSpan]:
-    return [CharSpan(int(a), int(b), str(k)) for a, b, k in rows]
+    return [CharSpan(a, b, k) for a, b, k in rows]  # JSON already gives int, int, str
 
 
 class SpanCache:
