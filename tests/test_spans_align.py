@@ -281,3 +281,12 @@ def test_exact_alignment_on_real_pair(real_texts, gpt2_tokenizer, qwen_tokenizer
         matched += len(pairs)
         total += len(tok_a)
     assert matched / total > 0.8  # GPT-2 and Qwen share most of their English merges
+
+
+def test_cosegment_accepts_tensors_from_a_batch():
+    import torch
+
+    offsets_a = torch.tensor([[0, 0], [0, 2], [2, 5], [0, 0]])  # BOS, two tokens, padding
+    valid_a = torch.tensor([0, 1, 1, 0])
+    groups = cosegment(offsets_a, valid_a, [(0, 1), (1, 2), (2, 5)], None)
+    assert groups == [AlignedGroup(0, 2, [1], [0, 1]), AlignedGroup(2, 5, [2], [2])]

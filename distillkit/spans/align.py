@@ -45,9 +45,12 @@ def _intervals(offsets, valid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(indices, starts, ends) of the valid, non-empty tokens of one side."""
     arr = offsets.detach().cpu().numpy() if isinstance(offsets, torch.Tensor) else np.asarray(offsets)
     arr = arr.reshape(-1, 2).astype(np.int64, copy=False)
-    ok = np.ones(len(arr), dtype=bool) if valid is None else np.asarray(valid, dtype=bool).reshape(-1)
-    if isinstance(valid, torch.Tensor):
+    if valid is None:
+        ok = np.ones(len(arr), dtype=bool)
+    elif isinstance(valid, torch.Tensor):
         ok = valid.detach().cpu().numpy().astype(bool).reshape(-1)
+    else:
+        ok = np.asarray(valid, dtype=bool).reshape(-1)
     if ok.shape[0] != arr.shape[0]:
         raise ValueError(f"valid has {ok.shape[0]} entries for {arr.shape[0]} offsets")
     keep = ok & (arr[:, 1] > arr[:, 0])
