@@ -16,7 +16,7 @@ install:  ## create .venv, install the pinned CPU torch first, then distillkit w
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,optuna]"
 
 lint:  ## ruff over the package, tests and benchmarks
 	$(VENV)/bin/ruff check distillkit tests benchmarks

@@ -91,6 +91,7 @@ class TeacherSFTConfig:
     lr: float = 1e-3
     batch_size: int = 16
     warmup_steps: int = 10
+    seed: int = 0  # the teacher is one artifact for every student seed (not the run's seed)
 
 
 @dataclass

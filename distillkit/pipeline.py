@@ -65,7 +65,6 @@ def sft_teacher_key(cfg: DictConfig) -> str:
         OmegaConf.to_container(cfg.model.teacher, resolve=True),
         OmegaConf.to_container(cfg.model.teacher_sft, resolve=True),
         OmegaConf.to_container(cfg.data, resolve=True),
-        cfg.seed,
     )
 
 
@@ -83,6 +82,7 @@ def ensure_sft_teacher(cfg: DictConfig) -> Path:
             cfg,
             {
                 "stage": "teacher_sft",
+                "seed": sft.seed,
                 "data": {"batch_size": sft.batch_size},
                 "trainer": {
                     "max_epochs": -1,
@@ -105,7 +105,8 @@ def _precision_and_device(cfg: DictConfig) -> dict[str, Any]:
         "accelerator": s.accelerator,
         "devices": s.devices,
         "num_nodes": s.num_nodes,
-        "strategy": s.strategy,
+        # a name ("ddp", "ddp_spawn", "auto") or a node with _target_ (e.g. distillkit.strategies.fsdp)
+        "strategy": instantiate(s.strategy) if OmegaConf.is_dict(s.strategy) else s.strategy,
         "precision": s.precision,
     }
 

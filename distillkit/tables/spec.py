@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 SPECS_DIR = REPO / "experiments" / "tables"
 RESULTS_ROOT = REPO / "experiments" / "results"
 VOCAB_FILE = "_vocab.yaml"
-SCALES = ("paper", "smoke")
+SCALES = ("paper", "smoke", "mini")
 AVG = "avg"
 
 
