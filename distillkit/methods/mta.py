@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from distillkit.config import value
 from distillkit.losses import dsa_loss, hra_loss
@@ -168,30 +169,67 @@ class MTA(KD):
         return self_similarity_weights(hidden, mask)
 
     def forward(self, student, teacher, batch):
+        """KD terms plus ``dsa`` and ``hra``, each the mean over the mapped pairs.
+
+        Work shared between pairs is done once per step: the token weights of a (model, layer) and the
+        in-unit token mask of a membership. The stages are labelled for ``torch.profiler``
+        (``mta.weights``, ``mta.pooling``, ``mta.dsa``, ``mta.projector``, ``mta.hra``).
+        """
         terms = super().forward(student, teacher, batch)
         want_dsa, want_hra = self.active("dsa"), self.active("hra")
         if not (want_dsa or want_hra):
             return terms
         s_side, t_side = batch.student, batch.teacher
         s_mask, t_mask = s_side.attention_mask, t_side.attention_mask
+        entropy_logits = teacher.logits if self.weighting == "entropy" else None
+        inside_masks: dict[int, Tensor] = {}  # id(membership) -> (B, L) tokens inside its units
+        raw_weights: dict[tuple[str, int], Tensor] = {}  # (side, layer) -> token weights
+        unit_weights: dict[tuple[str, int, int], Tensor] = {}  # + id(membership) -> renormalized
+
+        def inside(membership) -> Tensor:
+            if id(membership) not in inside_masks:
+                B = membership.span_mask.shape[0]
+                inside_masks[id(membership)] = token_mask_from_membership(membership, B, membership.seq_len)
+            return inside_masks[id(membership)]
+
+        def weights(side: str, layer: int, membership) -> Tensor:
+            """One model layer's token weights, renormalized over the units of ``membership``."""
+            if (side, layer) not in raw_weights:
+                if side == "student":
+                    h = student.hidden_states[layer].detach()
+                    raw = self._token_weights(student, layer, h, s_mask, None)
+                else:
+                    h = teacher.hidden_states[layer].float()
+                    raw = self._token_weights(teacher, layer, h, t_mask, entropy_logits)
+                raw_weights[side, layer] = raw
+            key = (side, layer, id(membership))
+            if key not in unit_weights:
+                # same-tokenizer path: weights of tokens inside the units sum to one per sample
+                unit_weights[key] = normalize_in_spans(
+                    raw_weights[side, layer], membership, inside=inside(membership)
+                )
+            return unit_weights[key]
+
         dsa, hra = [], []
         for k, pair in enumerate(self.pairs):
             s_mem, t_mem = s_side.spans[pair.level], t_side.spans[pair.level]
             h_s, h_t = student.hidden_states[pair.student], teacher.hidden_states[pair.teacher].float()
-            w_s = self._token_weights(student, pair.student, h_s.detach(), s_mask, None)
-            w_t = self._token_weights(
-                teacher, pair.teacher, h_t, t_mask, teacher.logits if self.weighting == "entropy" else None
-            )
-            # same-tokenizer path: weights of tokens inside the units sum to one per sample
-            w_s, w_t = normalize_in_spans(w_s, s_mem), normalize_in_spans(w_t, t_mem)
+            with record_function("mta.weights"):
+                w_s = weights("student", pair.student, s_mem)
+                w_t = weights("teacher", pair.teacher, t_mem)
             if want_dsa:
-                c_s, _ = pool_spans(h_s, s_mem, w_s)
-                c_t, m_t = pool_spans(h_t, t_mem, w_t)
-                dsa.append(dsa_loss(c_s, c_t, m_t, s_mem.span_mask & t_mem.span_mask))
+                with record_function("mta.pooling"):
+                    c_s, _ = pool_spans(h_s, s_mem, w_s)
+                    c_t, m_t = pool_spans(h_t, t_mem, w_t)
+                with record_function("mta.dsa"):
+                    dsa.append(dsa_loss(c_s, c_t, m_t, s_mem.span_mask & t_mem.span_mask))
+                del c_s, c_t, m_t
             if want_hra:
-                B, L = s_mask.shape
-                inside = token_mask_from_membership(s_mem, B, L)
-                hra.append(hra_loss(self.projectors[k](h_s.float()), h_t, w_t, inside))
+                with record_function("mta.projector"):
+                    projected = self.projectors[k](h_s.float())
+                with record_function("mta.hra"):
+                    hra.append(hra_loss(projected, h_t, w_t, inside(s_mem)))
+                del projected  # only the loss's own saved tensors stay alive for the backward
         if dsa:
             terms["dsa"] = torch.stack(dsa).mean()
         if hra:

@@ -80,14 +80,22 @@ def token_mask_from_membership(membership: SpanMembership, B: int, L: int) -> Te
     return mask.view(B, L)
 
 
-def normalize_in_spans(weights: Tensor, membership: SpanMembership, eps: float = 1e-12) -> Tensor:
+def normalize_in_spans(
+    weights: Tensor, membership: SpanMembership, eps: float = 1e-12, inside: Tensor | None = None
+) -> Tensor:
     """Weights of the tokens inside at least one span, renormalized to sum to 1 per sample; others 0.
 
     The reference's ``gather_layer_weights``. A sample with no in-span token (or zero total weight)
-    gets all zeros.
+    gets all zeros. ``inside``: :func:`token_mask_from_membership` of ``membership`` when the caller
+    already has it (saves recomputing it per layer).
     """
     B, L = weights.shape
-    inside = token_mask_from_membership(membership, B, L)
+    if inside is None:
+        inside = token_mask_from_membership(membership, B, L)
+    elif inside.shape != (B, L) or inside.dtype != torch.bool:
+        raise ValueError(
+            f"inside must be a (B, L) = {(B, L)} bool mask, got {tuple(inside.shape)} {inside.dtype}"
+        )
     w = weights * inside
     return w / w.sum(dim=1, keepdim=True).clamp_min(eps)
 
@@ -121,14 +129,16 @@ def self_similarity_weights(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     h = hidden.detach().to(_compute_dtype(hidden))
     B, L, D = h.shape
     hn = h / (h.std(dim=-1, keepdim=True) + 1e-5)
-    scores = torch.bmm(hn, hn.transpose(1, 2)) / math.sqrt(D)
+    # the (B, L, L) work is done in place (no grad here): one score buffer and one softmax output
+    scores = torch.bmm(hn, hn.transpose(1, 2)).div_(math.sqrt(D))
     keys = attention_mask.bool()
     eye = torch.eye(L, dtype=torch.bool, device=h.device)
-    allowed = keys[:, None, :] & ~eye[None]  # (B, L, L): real keys, not the query itself
+    blocked = ~keys[:, None, :] | eye[None]  # (B, L, L): padding keys and the query itself
     # finfo.min instead of -inf: a row with no allowed key stays finite and is zeroed just below
-    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
-    attn = torch.softmax(scores, dim=-1) * allowed
-    attn = attn / attn.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(attn.dtype).tiny)
+    scores.masked_fill_(blocked, torch.finfo(scores.dtype).min)
+    attn = torch.softmax(scores, dim=-1).masked_fill_(blocked, 0.0)
+    del scores
+    attn.div_(attn.sum(dim=-1, keepdim=True).clamp_min_(torch.finfo(attn.dtype).tiny))
     return _column_mean_over_queries(attn, keys).float()
 
 
