@@ -1,0 +1,404 @@
+"""Benchmark of a whole distillation step: MTA against plain token-level KD (SRKL), time and memory.
+
+    python benchmarks/bench_methods.py [--shape bench|tiny] [--repeat 5] [--warmup 1] [--out PATH]
+
+Each method runs in its own child process (``--child kd|mta|baseline``), so the peak resident memory
+of one cannot leak into the other's. A child builds the bench pair (random-init GPT-2: teacher 8
+layers d=512, student 4 layers d=256, vocabulary 8192), a fixed :class:`~distillkit.types.Batch` of
+8 x 256 tokens whose span memberships are built *before* timing (spans cached), the method from the
+Hydra config (``tests.helpers.compose_cfg``) and a :class:`~distillkit.module.DistillModule`, then
+times one training step — ``compute_terms`` + ``weighted_loss`` + ``backward`` + ``AdamW.step`` over
+the student and the method's projectors — as the median of ``--repeat`` runs after ``--warmup``.
+
+* ``kd``: ``method=kd method.divergence=srkl method.kd_rate=1.0`` (the DistiLLM base that MTA adds to;
+  MTA's default ``kd_rate`` is 1.0 too, so both skip CE and differ only by MTA's terms).
+* ``mta``: ``method=mta`` with 4 mapped pairs (teacher 2 4 6 8 <-> student 1 2 3 4; the first at word
+  level, the others at phrase level), self-similarity weights.
+* ``baseline``: imports, models and batch only; no step. Its peak RSS is subtracted to give each
+  method's own memory increment.
+
+Targets (issue): MTA step <= 1.10x a KD step, MTA peak memory <= 1.15x. Student-generated data is off
+for both. The MTA child also reports where its step goes (model forwards, MTA's stages, backward,
+optimizer) from ``torch.profiler`` labels. Prints a table and writes ``benchmarks/results/methods.json``
+(or ``--out``). Ratios are taken within one run; never compare absolute times across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import make_batch, time_fn  # noqa: E402
+
+RESULTS = REPO / "benchmarks" / "results"
+METHODS = ("kd", "mta")
+CHILDREN = ("baseline", *METHODS)
+TARGETS = {"mta_step_ratio_max": 1.10, "mta_memory_ratio_max": 1.15}
+#: ``torch.profiler`` labels: the bench step's phases and MTA.forward's stages (``distillkit.methods.mta``)
+STEP_LABELS = ("bench.forward", "bench.backward", "bench.optimizer")
+MTA_LABELS = ("mta.weights", "mta.pooling", "mta.dsa", "mta.projector", "mta.hra")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Sizes of one benchmark configuration (teacher and student are random-init GPT-2 models)."""
+
+    teacher_layers: int
+    teacher_dim: int
+    teacher_heads: int
+    student_layers: int
+    student_dim: int
+    student_heads: int
+    vocab: int
+    batch: int
+    seq_len: int
+    prompt_len: int  # the first tokens of each row are prompt (no loss, as in instruction data)
+    teacher_map: tuple[int, ...]
+    student_map: tuple[int, ...]
+
+
+SHAPES = {
+    "bench": Shape(8, 512, 8, 4, 256, 4, 8192, 8, 256, 64, (2, 4, 6, 8), (1, 2, 3, 4)),
+    "tiny": Shape(2, 64, 4, 2, 32, 2, 512, 2, 32, 8, (1, 2), (1, 2)),
+}
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks (child side)
+# --------------------------------------------------------------------------------------------
+class BenchTokenizer:
+    """The least a tokenizer must offer to :class:`~distillkit.models.pair.LoadedModel` and the KD check."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.name_or_path = f"bench-{size}"
+
+    def __len__(self) -> int:
+        return self.size
+
+    def get_vocab(self) -> dict[str, int]:
+        return {f"<{i}>": i for i in range(self.size)}
+
+
+def build_pair(shape: Shape, seed: int = 0):
+    """Teacher (frozen, eval) and student (train) as ``LoadedModel``; dropout off for steady timings."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distillkit.models.pair import LoadedModel
+
+    torch.manual_seed(seed)
+
+    def gpt2(layers: int, dim: int, heads: int) -> torch.nn.Module:
+        config = GPT2Config(
+            vocab_size=shape.vocab,
+            n_positions=max(shape.seq_len, 64),
+            n_embd=dim,
+            n_layer=layers,
+            n_head=heads,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+        return GPT2LMHeadModel(config)
+
+    tokenizer = BenchTokenizer(shape.vocab)
+    teacher = gpt2(shape.teacher_layers, shape.teacher_dim, shape.teacher_heads).eval()
+    teacher.requires_grad_(False)
+    student = gpt2(shape.student_layers, shape.student_dim, shape.student_heads).train()
+    return LoadedModel(teacher, tokenizer, "teacher"), LoadedModel(student, tokenizer, "student")
+
+
+def chunk_units(length: int, sizes: tuple[int, int], stride: tuple[int, int], skip: float, rng) -> list:
+    """Spans of ``sizes[0]..sizes[1]`` consecutive tokens, a new one every ``stride`` tokens (overlaps
+    when the stride is shorter than the span), a fraction ``skip`` of them left out (uncovered text)."""
+    units, start = [], 0
+    while start < length:
+        size = rng.randint(*sizes)
+        if rng.random() >= skip:
+            units.append(list(range(start, min(length, start + size))))
+        start += rng.randint(*stride)
+    return units
+
+
+def build_batch(shape: Shape, seed: int = 0):
+    """A fixed shared-tokenizer ``Batch`` with word and phrase memberships built now (spans cached).
+
+    Words: 2-3 tokens, back to back, 10% left out (~90 per row at L=256, covering ~90% of tokens).
+    Phrases: 4-8 tokens starting every 3-5 tokens (partially overlapping, like noun chunks and verb
+    phrases; ~60 per row at L=256). The first ``prompt_len`` tokens carry no loss.
+    """
+    from distillkit.spans.membership import collate_membership
+    from distillkit.types import Batch, SideBatch
+
+    rng = random.Random(seed)
+    B, L = shape.batch, shape.seq_len
+    ids = make_batch(B, L, shape.vocab, seed)
+    labels = ids["input_ids"].roll(-1, dims=1)
+    labels[:, : shape.prompt_len] = -100
+    labels[:, -1] = -100
+    positions = torch.arange(L)
+    offsets = torch.stack([positions * 4, positions * 4 + 4], dim=-1).expand(B, L, 2).contiguous()
+    words = [chunk_units(L, (2, 3), (2, 3), 0.1, rng) for _ in range(B)]
+    phrases = [chunk_units(L, (4, 8), (3, 5), 0.0, rng) for _ in range(B)]
+    side = SideBatch(
+        input_ids=ids["input_ids"],
+        attention_mask=ids["attention_mask"],
+        labels=labels,
+        offsets=offsets,
+        spans={"word": collate_membership(words, L), "phrase": collate_membership(phrases, L)},
+    )
+    stats = {
+        "word_spans_per_row": sum(map(len, words)) / B,
+        "phrase_spans_per_row": sum(map(len, phrases)) / B,
+        "word_token_coverage": sum(len({t for u in w for t in u}) for w in words) / (B * L),
+    }
+    batch = Batch(student=side, teacher=side, texts=[""] * B, prompt_chars=[0] * B, index=torch.arange(B))
+    return batch, stats
+
+
+def method_overrides(method: str, shape: Shape) -> list[str]:
+    """The Hydra overrides of a benchmarked method (``kd`` = SRKL at ``kd_rate`` 1.0, ``mta`` = its defaults)."""
+    if method == "kd":
+        return ["method=kd", "method.divergence=srkl", "method.kd_rate=1.0"]
+    if method == "mta":
+        return [
+            "method=mta",
+            "layer_map=explicit",
+            f"layer_map.teacher=[{','.join(map(str, shape.teacher_map))}]",
+            f"layer_map.student=[{','.join(map(str, shape.student_map))}]",
+        ]
+    raise ValueError(f"method={method!r}; valid: {', '.join(METHODS)}")
+
+
+def build_module(method_name: str, shape: Shape, teacher, student):
+    """The method from the composed config, set up on the pair, inside a ``DistillModule``, + AdamW."""
+    from distillkit.module import DistillModule
+    from distillkit.pipeline import build_method
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg(method_overrides(method_name, shape))
+    method = build_method(cfg)
+    method.configure(cfg)
+    method.check_tokenizers(teacher.tokenizer, student.tokenizer)
+    method.setup(teacher, student)
+    optim = cfg.trainer.optim
+    module = DistillModule(student, teacher, method, optim)
+    groups = [{"params": [p for p in module.student.parameters() if p.requires_grad], "lr": optim.lr}]
+    groups += method.param_groups(optim.lr, optim.projector_lr)
+    optimizer = torch.optim.AdamW(groups, lr=optim.lr, weight_decay=optim.weight_decay)
+    return module, optimizer
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def make_step(module, optimizer, batch):
+    """One training step as Lightning runs it (no trainer): terms, weighted loss, backward, AdamW."""
+    from torch.profiler import record_function
+
+    def step() -> None:
+        with record_function("bench.forward"):
+            loss = module.weighted_loss(module.compute_terms(batch))
+        optimizer.zero_grad(set_to_none=True)
+        with record_function("bench.backward"):
+            loss.backward()
+        with record_function("bench.optimizer"):
+            optimizer.step()
+
+    return step
+
+
+def profile_breakdown(step, steps: int = 2) -> dict[str, float]:
+    """Mean seconds per step under each ``record_function`` label of the bench step and of MTA.forward.
+
+    The inclusive CPU time of each label, summed over its occurrences (one per mapped pair) and
+    averaged over ``steps`` profiled steps; ``step`` is the profiled step's wall time. Profiling
+    slows small ops down, so read these as shares, not as absolute times.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    wanted = STEP_LABELS + MTA_LABELS
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        wall = time.perf_counter() - start
+    totals = dict.fromkeys(wanted, 0.0)
+    for event in prof.events():
+        if event.name in totals:
+            totals[event.name] += event.cpu_time_total / 1e6  # microseconds -> seconds
+    out = {label: total / steps for label, total in totals.items()}
+    out["step"] = wall / steps
+    return out
+
+
+def run_child(name: str, shape_name: str, repeat: int, warmup: int) -> dict[str, Any]:
+    """Build everything, time the step (methods only), then read the peak RSS. Returns the record."""
+    shape = SHAPES[shape_name]
+    import distillkit.methods.kd  # noqa: F401  (the baseline imports what the methods import)
+    import distillkit.methods.mta  # noqa: F401
+    import distillkit.module  # noqa: F401
+
+    teacher, student = build_pair(shape)
+    batch, span_stats = build_batch(shape)
+    record: dict[str, Any] = {
+        "child": name,
+        "shape": shape_name,
+        "torch_threads": torch.get_num_threads(),
+        "spans": span_stats,
+    }
+    if name == "baseline":
+        record["peak_rss_mb"] = peak_rss_mb()
+        return record
+
+    module, optimizer = build_module(name, shape, teacher, student)
+    step = make_step(module, optimizer, batch)
+    record["step_s"] = time_fn(step, warmup=warmup, repeat=repeat)
+    record["peak_rss_mb"] = peak_rss_mb()  # before the profiled steps below can add anything
+    record["weights"] = {k: v for k, v in module.method.weights.items() if v}
+    if name == "mta":
+        record["pairs"] = [[p.teacher, p.student, p.level] for p in module.method.pairs]
+        record["breakdown_s"] = profile_breakdown(step)
+    return record
+
+
+# --------------------------------------------------------------------------------------------
+# the parent
+# --------------------------------------------------------------------------------------------
+def spawn_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run this script with ``--child NAME`` in a fresh interpreter and parse the JSON it prints last."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--shape", args.shape]
+    cmd += ["--repeat", str(args.repeat), "--warmup", str(args.warmup)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO), env=os.environ.copy())
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"benchmark child {name!r} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
+        )
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(children: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Ratios of MTA against KD measured in the same run (raw, and over the baseline's memory)."""
+    kd, mta, base = children["kd"], children["mta"], children["baseline"]
+    kd_extra = kd["peak_rss_mb"] - base["peak_rss_mb"]
+    mta_extra = mta["peak_rss_mb"] - base["peak_rss_mb"]
+    return {
+        "mta_step_ratio": mta["step_s"] / kd["step_s"],
+        "mta_memory_ratio": mta["peak_rss_mb"] / kd["peak_rss_mb"],
+        "kd_memory_increment_mb": kd_extra,
+        "mta_memory_increment_mb": mta_extra,
+        "mta_memory_increment_ratio": mta_extra / kd_extra if kd_extra > 0 else float("nan"),
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    ch, r, targets = result["children"], result["ratios"], result["targets"]
+    table = Table(
+        title=f"method step benchmark ({result['shape']} shape, {ch['kd']['torch_threads']} threads)"
+    )
+    for column in ("measure", "kd (srkl)", "mta", "mta / kd", "target"):
+        table.add_column(column)
+    table.add_row(
+        "step time (median)",
+        f"{ch['kd']['step_s'] * 1e3:.0f} ms",
+        f"{ch['mta']['step_s'] * 1e3:.0f} ms",
+        f"{r['mta_step_ratio']:.3f}x",
+        f"<= {targets['mta_step_ratio_max']:.2f}x",
+    )
+    table.add_row(
+        "peak RSS",
+        f"{ch['kd']['peak_rss_mb']:.0f} MiB",
+        f"{ch['mta']['peak_rss_mb']:.0f} MiB",
+        f"{r['mta_memory_ratio']:.3f}x",
+        f"<= {targets['mta_memory_ratio_max']:.2f}x",
+    )
+    table.add_row(
+        f"peak RSS over baseline ({ch['baseline']['peak_rss_mb']:.0f} MiB)",
+        f"{r['kd_memory_increment_mb']:.0f} MiB",
+        f"{r['mta_memory_increment_mb']:.0f} MiB",
+        f"{r['mta_memory_increment_ratio']:.3f}x",
+        "",
+    )
+    console = Console()
+    console.print(table)
+
+    parts = ch["mta"]["breakdown_s"]
+    inside = Table(
+        title="inside an MTA step (torch.profiler, inclusive CPU time, share of the profiled step)"
+    )
+    for column in ("part", "ms / step", "share"):
+        inside.add_column(column)
+    for label in STEP_LABELS + MTA_LABELS:
+        indent = "  " if label.startswith("mta.") else ""
+        inside.add_row(
+            indent + label, f"{parts[label] * 1e3:.1f}", f"{100 * parts[label] / parts['step']:.1f}%"
+        )
+    mta_forward = sum(parts[label] for label in MTA_LABELS)
+    inside.add_row(
+        "MTA forward stages, total", f"{mta_forward * 1e3:.1f}", f"{100 * mta_forward / parts['step']:.1f}%"
+    )
+    console.print(inside)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Parent: run the children, print the tables, write the JSON. Child: print one JSON record."""
+    cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    cli.add_argument("--shape", choices=sorted(SHAPES), default="bench", help="sizes (tiny: a smoke run)")
+    cli.add_argument("--repeat", type=int, default=5, help="timed steps per method (median)")
+    cli.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    cli.add_argument("--out", type=Path, default=RESULTS / "methods.json", help="where the JSON goes")
+    cli.add_argument("--child", choices=CHILDREN, help=argparse.SUPPRESS)
+    args = cli.parse_args(argv)
+    if args.repeat < 1 or args.warmup < 0:
+        cli.error(f"--repeat must be >= 1 and --warmup >= 0, got {args.repeat} and {args.warmup}")
+
+    if args.child:
+        record = run_child(args.child, args.shape, args.repeat, args.warmup)
+        print(json.dumps(record))
+        return record
+
+    children = {name: spawn_child(name, args) for name in CHILDREN}
+    result = {
+        "shape": args.shape,
+        "sizes": asdict(SHAPES[args.shape]),
+        "repeat": args.repeat,
+        "warmup": args.warmup,
+        "children": children,
+        "ratios": summarize(children),
+        "targets": TARGETS,
+    }
+    print_table(result)
+
+    from distillkit.utils.io import atomic_write_json
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.out.parent == RESULTS and not (RESULTS / ".gitignore").exists():
+        (RESULTS / ".gitignore").write_text("*\n")
+    atomic_write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""The method benchmark in its tiny shape, so the benchmark code cannot rot (``make bench`` runs it for real).
+
+The default-suite tests run the child code in this process (a fresh interpreter per child costs
+more than the whole tiny benchmark); the ``slow`` test runs the real parent, which spawns a child
+process per method, and checks the JSON it writes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import bench_methods as bm
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _check_method_record(record: dict, method: str) -> None:
+    assert record["child"] == method and record["shape"] == "tiny"
+    assert record["step_s"] > 0 and math.isfinite(record["step_s"])
+    assert record["peak_rss_mb"] > 0
+    assert record["torch_threads"] >= 1
+    assert record["weights"]["kd"] == 1.0  # both at kd_rate 1: CE is off for both
+    assert "ce" not in record["weights"]
+
+
+def _check_breakdown(breakdown: dict) -> None:
+    assert set(breakdown) == {"step", *bm.STEP_LABELS, *bm.MTA_LABELS}
+    assert breakdown["step"] > 0
+    for label in bm.STEP_LABELS + bm.MTA_LABELS:
+        # every stage ran inside the profiled steps, and no stage outlasts the step it belongs to
+        assert 0 < breakdown[label] <= breakdown["step"] * 1.05, label
+
+
+def test_tiny_children_and_summary():
+    records = {name: bm.run_child(name, "tiny", repeat=1, warmup=0) for name in bm.CHILDREN}
+    assert records["baseline"]["peak_rss_mb"] > 0 and "step_s" not in records["baseline"]
+    for method in bm.METHODS:
+        _check_method_record(records[method], method)
+    mta = records["mta"]
+    assert mta["weights"] == {"kd": 1.0, "dsa": 2.0, "hra": pytest.approx(0.2)}  # w_span 2, hra_factor 0.1
+    shape = bm.SHAPES["tiny"]
+    assert mta["pairs"] == [
+        [t, s, lv] for t, s, lv in zip(shape.teacher_map, shape.student_map, ["word", "phrase"])
+    ]
+    _check_breakdown(mta["breakdown_s"])
+
+    ratios = bm.summarize(records)
+    assert ratios["mta_step_ratio"] == pytest.approx(mta["step_s"] / records["kd"]["step_s"])
+    assert ratios["mta_memory_ratio"] == pytest.approx(mta["peak_rss_mb"] / records["kd"]["peak_rss_mb"])
+    base = records["baseline"]["peak_rss_mb"]
+    assert ratios["mta_memory_increment_mb"] == pytest.approx(mta["peak_rss_mb"] - base)
+    json.dumps(records)  # what the child prints must be plain JSON
+
+
+def test_tiny_batch_memberships_match_the_generator():
+    shape = bm.SHAPES["tiny"]
+    batch, stats = bm.build_batch(shape, seed=3)
+    B, L = shape.batch, shape.seq_len
+    side = batch.student
+    assert batch.teacher is side  # one tokenizer: the teacher reads the student's view
+    assert side.loss_mask[:, : shape.prompt_len].sum() == 0 and side.loss_mask.sum() == B * (
+        L - shape.prompt_len - 1
+    )
+    for level, sizes in (("word", (2, 3)), ("phrase", (4, 8))):
+        mem = side.spans[level]
+        assert mem.seq_len == L and mem.span_mask.shape[0] == B
+        # brute force: rebuild each span's token set from the flat pairs
+        spans: dict[int, set[int]] = {}
+        for tok, span in zip(mem.token_index.tolist(), mem.span_index.tolist()):
+            assert tok // L == span // mem.num_spans  # a token pairs with a span of its own row
+            spans.setdefault(span, set()).add(tok % L)
+        for tokens in spans.values():
+            assert max(tokens) - min(tokens) + 1 == len(tokens)  # consecutive tokens
+            assert len(tokens) <= sizes[1]
+            assert len(tokens) >= sizes[0] or max(tokens) == L - 1  # only the last one may be cut short
+        assert len(spans) == int(mem.span_mask.sum()) == round(stats[f"{level}_spans_per_row"] * B)
+    covered = torch.zeros(B * L, dtype=torch.bool)
+    covered[side.spans["word"].token_index] = True
+    assert stats["word_token_coverage"] == pytest.approx(covered.float().mean().item())
+
+
+def test_unknown_method_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="method='sra'.*kd, mta"):
+        bm.method_overrides("sra", bm.SHAPES["tiny"])
+
+
+@pytest.mark.slow
+def test_parent_spawns_children_and_writes_json(tmp_path):
+    out = tmp_path / "methods.json"
+    cmd = [sys.executable, "benchmarks/bench_methods.py", "--shape", "tiny", "--repeat", "1", "--warmup", "0"]
+    proc = subprocess.run([*cmd, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert set(result["children"]) == set(bm.CHILDREN)
+    for method in bm.METHODS:
+        _check_method_record(result["children"][method], method)
+    _check_breakdown(result["children"]["mta"]["breakdown_s"])
+    assert result["targets"] == bm.TARGETS
+    assert result["ratios"]["mta_step_ratio"] > 0 and result["ratios"]["mta_memory_ratio"] > 0
+    assert "mta / kd" in proc.stdout
