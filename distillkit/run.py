@@ -104,7 +104,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "tags": {
                 "method": cfg.method.name,
                 "experiment": cfg.experiment_name,
-                **OmegaConf.to_container(cfg.get("tags") or {}, resolve=True),
+                **(OmegaConf.to_container(cfg.tags, resolve=True) if cfg.get("tags") is not None else {}),
                 **result["method"].tags(),
             },
             "metrics": result["metrics"],
