@@ -50,26 +50,33 @@ def loop_pool(hidden, per_example, weights):
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 10_000), B=st.integers(1, 4), L=st.integers(1, 12), uniform=st.booleans())
-def test_pool_spans_matches_loop(seed, B, L, uniform):
+@given(
+    seed=st.integers(0, 10_000),
+    B=st.integers(1, 4),
+    L=st.integers(1, 12),
+    uniform=st.booleans(),
+    impl=st.sampled_from(["index_add", "sparse"]),
+)
+def test_pool_spans_matches_loop(seed, B, L, uniform, impl):
     gen = torch.Generator().manual_seed(seed)
     D = 5
     hidden = torch.randn(B, L, D, generator=gen, dtype=torch.float64)
     weights = None if uniform else torch.rand(B, L, generator=gen, dtype=torch.float64) + 0.01
     per_example = random_members(gen, B, L)
     m = collate_membership(per_example, seq_len=L)
-    centres, mass = pool_spans(hidden, m, weights)
+    centres, mass = pool_spans(hidden, m, weights, impl=impl)
     ref_c, ref_m = loop_pool(hidden, per_example, weights)
     assert centres.dtype == torch.float64
     torch.testing.assert_close(centres, ref_c, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(mass, ref_m)
 
 
-def test_pool_spans_with_left_padding_and_empty_spans():
+@pytest.mark.parametrize("impl", ["auto", "index_add", "sparse"])
+def test_pool_spans_with_left_padding_and_empty_spans(impl):
     hidden = torch.arange(2 * 4 * 2, dtype=torch.float64).view(2, 4, 2)
     # example 1 is left-padded by 2: its tokens 0, 1 sit at positions 2, 3
     m = collate_membership([[[0, 1], []], [[0, 1]]], seq_len=4, pad_left=[0, 2])
-    centres, mass = pool_spans(hidden, m)
+    centres, mass = pool_spans(hidden, m, impl=impl)
     torch.testing.assert_close(centres[0, 0], (hidden[0, 0] + hidden[0, 1]) / 2)
     torch.testing.assert_close(centres[1, 0], (hidden[1, 2] + hidden[1, 3]) / 2)
     assert torch.equal(centres[0, 1], torch.zeros(2, dtype=torch.float64)) and mass[0, 1] == 0
@@ -77,13 +84,14 @@ def test_pool_spans_with_left_padding_and_empty_spans():
     assert m.span_mask.tolist() == [[True, False], [True, False]]
 
 
-def test_pool_spans_gradient_matches_formula():
+@pytest.mark.parametrize("impl", ["index_add", "sparse"])
+def test_pool_spans_gradient_matches_formula(impl):
     gen = torch.Generator().manual_seed(0)
     hidden = torch.randn(2, 6, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     weights = torch.rand(2, 6, generator=gen, dtype=torch.float64)
     per_example = [[[0, 2], [2, 3, 5]], [[1]]]
     m = collate_membership(per_example, seq_len=6)
-    centres, _ = pool_spans(hidden, m, weights)
+    centres, _ = pool_spans(hidden, m, weights, impl=impl)
     centres.sum().backward()
     # d(sum of centres)/dh[b,t] = sum over spans containing t of w_t / mass(span), for every feature
     expected = torch.zeros(2, 6, dtype=torch.float64)
@@ -94,20 +102,23 @@ def test_pool_spans_gradient_matches_formula():
                 expected[b, t] += float(weights[b, t]) / total
     torch.testing.assert_close(hidden.grad, expected[..., None].expand(2, 6, 3))
     assert torch.autograd.gradcheck(
-        lambda h: pool_spans(h, m, weights)[0], (hidden.detach().requires_grad_(),), eps=1e-6
+        lambda h: pool_spans(h, m, weights, impl=impl)[0], (hidden.detach().requires_grad_(),), eps=1e-6
     )
 
 
 def test_pool_spans_bf16_is_accumulated_in_float32_and_checks_shapes():
     hidden = torch.randn(1, 3, 4).to(torch.bfloat16)
     m = collate_membership([[[0, 1, 2]]], seq_len=3)
-    centres, mass = pool_spans(hidden, m)
-    assert centres.dtype == torch.float32
-    torch.testing.assert_close(centres[0, 0], hidden[0].float().mean(0))
+    for impl in ("index_add", "sparse"):
+        centres, mass = pool_spans(hidden, m, impl=impl)
+        assert centres.dtype == torch.float32
+        torch.testing.assert_close(centres[0, 0], hidden[0].float().mean(0))
     with pytest.raises(ValueError, match="seq_len=3"):
         pool_spans(torch.randn(1, 5, 4), m)
     with pytest.raises(ValueError, match="weights must have shape"):
         pool_spans(torch.randn(1, 3, 4), m, torch.ones(3))
+    with pytest.raises(ValueError, match="index_add, sparse"):
+        pool_spans(torch.randn(1, 3, 4), m, impl="segment")
 
 
 def loop_self_similarity(hidden, mask):
@@ -222,3 +233,18 @@ def test_uniform_weights_and_in_span_normalization():
             want = float(weights[b, t]) / total if expected_inside[b, t] else 0.0
             assert abs(float(w[b, t]) - want) < 1e-6
     torch.testing.assert_close(w.sum(1), torch.tensor([1.0, 1.0, 0.0]))
+
+
+def test_pool_spans_weight_gradient_is_the_same_for_both_impls():
+    gen = torch.Generator().manual_seed(6)
+    hidden = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64)
+    m = collate_membership([[[0, 1], [1, 2, 4]], [[3]]], seq_len=5)
+    grads = []
+    for impl in ("index_add", "sparse"):
+        weights = (
+            torch.rand(2, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64) + 0.1
+        ).requires_grad_()
+        centres, mass = pool_spans(hidden, m, weights, impl=impl)
+        (centres.square().sum() + mass.sum()).backward()
+        grads.append(weights.grad)
+    torch.testing.assert_close(grads[0], grads[1])

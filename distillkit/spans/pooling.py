@@ -35,11 +35,15 @@ def _check_membership(membership: SpanMembership, B: int, L: int) -> int:
     return membership.num_spans
 
 
+POOL_IMPLS = ("auto", "index_add", "sparse")
+
+
 def pool_spans(
     hidden: Tensor,
     membership: SpanMembership,
     weights: Tensor | None = None,
     eps: float = 1e-8,
+    impl: str = "auto",
 ) -> tuple[Tensor, Tensor]:
     """Weighted centres of mass of the spans: ``c_u = Σ_t w_t h_t / Σ_t w_t`` and ``m_u = Σ_t w_t``.
 
@@ -48,17 +52,21 @@ def pool_spans(
         membership: which tokens form which span (``seq_len == L``).
         weights: ``(B, L)`` token weights; ``None`` = uniform 1 (mean pooling, mass = token count).
         eps: floor of the mass in the division (an empty span gets centre 0 and mass 0).
+        impl: the one segment-sum op. ``"index_add"``: gather the member rows, ``index_add_`` them
+            into their spans (the GPU path). ``"sparse"``: one sparse ``(B*S, B*L)`` weight matrix times
+            the flat states (the CPU path: CPU ``index_add_`` is slow with several threads).
+            ``"auto"``: ``sparse`` on the CPU, ``index_add`` elsewhere. Both give the same result.
 
     Returns:
         ``centres (B, S, D)`` in float32 (float64 if ``hidden`` is float64) and ``mass (B, S)``.
     """
+    if impl not in POOL_IMPLS:
+        raise ValueError(f"Unknown pool_spans impl {impl!r}; valid: {', '.join(POOL_IMPLS)}")
     B, L, D = hidden.shape
     S = _check_membership(membership, B, L)
     dtype = _compute_dtype(hidden)
     flat = hidden.reshape(B * L, D)
     tok, span = membership.token_index, membership.span_index
-
-    gathered = flat.index_select(0, tok).to(dtype)  # (P, D)
     if weights is None:
         w = torch.ones(tok.shape[0], dtype=dtype, device=hidden.device)
     else:
@@ -66,7 +74,23 @@ def pool_spans(
             raise ValueError(f"weights must have shape (B, L) = {(B, L)}, got {tuple(weights.shape)}")
         w = weights.reshape(B * L).index_select(0, tok).to(dtype)
 
-    num = torch.zeros(B * S, D, dtype=dtype, device=hidden.device).index_add_(0, span, gathered * w[:, None])
+    if impl == "auto":
+        impl = "sparse" if hidden.device.type == "cpu" else "index_add"
+    if impl == "sparse":
+        matrix = torch.sparse_coo_tensor(
+            torch.stack([span, tok]),
+            w,
+            (B * S, B * L),
+            dtype=dtype,
+            device=hidden.device,
+            check_invariants=False,
+        )
+        num = torch.sparse.mm(matrix, flat.to(dtype))
+    else:
+        gathered = flat.index_select(0, tok).to(dtype)  # (P, D)
+        num = torch.zeros(B * S, D, dtype=dtype, device=hidden.device).index_add_(
+            0, span, gathered * w[:, None]
+        )
     mass = torch.zeros(B * S, dtype=dtype, device=hidden.device).index_add_(0, span, w)
     centres = num / mass.clamp_min(eps)[:, None]
     return centres.view(B, S, D), mass.view(B, S)
