@@ -132,3 +132,29 @@ def test_parse_stats_by_hand():
     }
     with pytest.raises(ValueError, match="2 texts but 3"):
         parse_stats(["a", "b"], spans)
+
+
+class Fixed(SpanParser):
+    """Returns the same given spans for every text."""
+
+    name = "fixed"
+
+    def __init__(self, spans):
+        self.spans = spans
+
+    def settings(self):
+        return {"spans": [[s.start, s.end, s.kind] for s in self.spans]}
+
+    def version(self):
+        return "1"
+
+    def parse(self, texts):
+        return [list(self.spans) for _ in texts]
+
+
+def test_every_span_kind_round_trips_and_unknown_kinds_fail(tmp_path):
+    spans = [CharSpan(0, 3, "np"), CharSpan(0, 3, "vp"), CharSpan(4, 9, "word"), CharSpan(2, 5, "aligned")]
+    SpanCache(tmp_path).get_or_parse(Fixed(spans), ["a text"])
+    assert SpanCache(tmp_path).get_or_parse(Fixed(spans), ["a text"]) == [spans]
+    with pytest.raises(ValueError, match=r"\['pp'\].*word, np, vp, aligned"):
+        SpanCache(tmp_path).get_or_parse(Fixed([CharSpan(0, 1, "pp")]), ["x"])
