@@ -75,6 +75,7 @@ def restore_best(result: dict[str, Any]) -> str | None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
+    from distillkit.callbacks.ablation_logging import log_evaluation
     from distillkit.models.pair import export_student
     from distillkit.pipeline import provenance, train
 
@@ -92,6 +93,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             name = "teacher" if str(cfg.stage) == "teacher_sft" else "student"
             exported = export_student(module.student, result["student"].tokenizer, out_dir / name)
         evaluation = final_evaluation(cfg, module.student, result["student"].tokenizer, dm, out_dir)
+        log_evaluation(trainer, evaluation, out_dir)
         t, d = cfg.trainer, cfg.data
         world = trainer.world_size
         results = {

@@ -9,6 +9,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+import distillkit.config  # noqa: F401  (registers the structured-config schemas, as distillkit.run does)
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 #: overrides that make any run tiny and quick on the CPU

@@ -270,3 +270,71 @@ def test_ddp_spawn_on_two_cpu_processes(tmp_path):
     fresh = load_model(cfg.model.student, "student", cfg.cache_dir).model.state_dict()
     trained = out["module"].student.state_dict()
     assert any(not torch.equal(trained[k], fresh[k]) for k in fresh)
+
+
+def test_stage_teacher_sft_trains_and_exports_the_teacher(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    cfg = compose_cfg(
+        SMALL + ["stage=teacher_sft", "callbacks=none", "trainer.max_steps=2", "final_eval=false"], tmp_path
+    )
+    results = run(cfg)
+    assert results["stage"] == "teacher_sft" and results["steps"] == 2
+    teacher = AutoModelForCausalLM.from_pretrained(tmp_path / "teacher")
+    assert teacher.config.n_embd == cfg.model.teacher.arch_config.n_embd
+
+
+def test_mid_epoch_resume_finishes_the_run(tmp_path):
+    """After a SIGTERM mid-epoch, resume=auto continues from last.ckpt to the planned step count
+    (the interrupted epoch restarts its data order: the documented tolerance)."""
+    import lightning as L
+
+    from distillkit import pipeline
+
+    class Kill(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 6:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = compose_cfg(RESUME + ["trainer.max_epochs=3"], tmp_path)
+    original = pipeline.build_trainer
+
+    def with_kill(*args, **kwargs):
+        trainer = original(*args, **kwargs)
+        trainer.callbacks.append(Kill())
+        return trainer
+
+    pipeline.build_trainer = with_kill
+    try:
+        first = train(cfg, tmp_path)
+    finally:
+        pipeline.build_trainer = original
+    assert 6 <= first["trainer"].global_step < 8  # stopped after the batch in flight, mid-epoch (4 per epoch)
+    resumed = train(compose_cfg(RESUME + ["trainer.max_epochs=3"], tmp_path), tmp_path)
+    assert resumed["trainer"].global_step == 12 and resumed["trainer"].current_epoch == 3
+
+
+def test_runs_are_tagged_with_method_ablation_and_experiment(tmp_path):
+    import yaml
+
+    cfg = compose_cfg(
+        SMALL
+        + [
+            "method=mta",
+            "ablation=no_dsa",
+            "logger=csv",
+            "~callbacks.dev_rouge",
+            "~callbacks.lr_monitor",
+            "trainer.max_steps=1",
+            "final_eval=false",
+        ],
+        tmp_path,
+    )
+    results = run(cfg)
+    assert results["tags"]["ablation"] == "no_dsa" and results["tags"]["terms.dsa"] == 0.0
+    hparams = yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())
+    assert (
+        hparams["tags/ablation"] == "no_dsa"
+        and hparams["tags/method"] == "mta"
+        and hparams["tags/level"] == "both"
+    )
