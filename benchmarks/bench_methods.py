@@ -43,7 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import make_batch, time_fn  # noqa: E402
+from benchmarks.common import make_batch, random_gpt2, time_fn  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 METHODS = ("kd", "mta")
@@ -97,32 +97,19 @@ class BenchTokenizer:
 
 def build_pair(shape: Shape, seed: int = 0):
     """Teacher (frozen, eval) and student (train) as ``LoadedModel``; dropout off for steady timings."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from distillkit.models.pair import LoadedModel
 
     torch.manual_seed(seed)
-
-    def gpt2(layers: int, dim: int, heads: int) -> torch.nn.Module:
-        config = GPT2Config(
-            vocab_size=shape.vocab,
-            n_positions=max(shape.seq_len, 64),
-            n_embd=dim,
-            n_layer=layers,
-            n_head=heads,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        return GPT2LMHeadModel(config)
-
+    positions = max(shape.seq_len, 64)
     tokenizer = BenchTokenizer(shape.vocab)
-    teacher = gpt2(shape.teacher_layers, shape.teacher_dim, shape.teacher_heads).eval()
-    teacher.requires_grad_(False)
-    student = gpt2(shape.student_layers, shape.student_dim, shape.student_heads).train()
-    return LoadedModel(teacher, tokenizer, "teacher"), LoadedModel(student, tokenizer, "student")
+    teacher = random_gpt2(
+        shape.vocab, shape.teacher_layers, shape.teacher_dim, shape.teacher_heads, positions
+    )
+    teacher.eval().requires_grad_(False)
+    student = random_gpt2(
+        shape.vocab, shape.student_layers, shape.student_dim, shape.student_heads, positions
+    )
+    return LoadedModel(teacher, tokenizer, "teacher"), LoadedModel(student.train(), tokenizer, "student")
 
 
 def chunk_units(length: int, sizes: tuple[int, int], stride: tuple[int, int], skip: float, rng) -> list:

@@ -14,34 +14,35 @@ import torch
 import torch.nn.functional as F
 
 
+def random_gpt2(vocab: int, layers: int, dim: int, heads: int, positions: int = 512) -> torch.nn.Module:
+    """A random-init GPT-2 LM with dropout off (steady timings)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_positions=positions,
+        n_embd=dim,
+        n_layer=layers,
+        n_head=heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
+    )
+    return GPT2LMHeadModel(config)
+
+
 def bench_pair(vocab: int = 8192, seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module]:
     """A random-init GPT-2 teacher (8 layers, d=512, 8 heads) and student (4 layers, d=256, 4 heads).
 
     Both use ``vocab`` tokens and 512 positions. The teacher is frozen and in eval mode; the student
     trains (dropout off so timings are steady).
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     torch.manual_seed(seed)
-
-    def make(layers: int, dim: int, heads: int) -> torch.nn.Module:
-        config = GPT2Config(
-            vocab_size=vocab,
-            n_positions=512,
-            n_embd=dim,
-            n_layer=layers,
-            n_head=heads,
-            resid_pdrop=0.0,
-            embd_pdrop=0.0,
-            attn_pdrop=0.0,
-            bos_token_id=0,
-            eos_token_id=0,
-        )
-        return GPT2LMHeadModel(config)
-
-    teacher = make(8, 512, 8).eval()
+    teacher = random_gpt2(vocab, 8, 512, 8).eval()
     teacher.requires_grad_(False)
-    student = make(4, 256, 4).train()
+    student = random_gpt2(vocab, 4, 256, 4).train()
     return teacher, student
 
 

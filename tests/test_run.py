@@ -138,32 +138,14 @@ def test_resume_from_last_ckpt_matches_an_uninterrupted_run(tmp_path):
     assert resumed["metrics"]["train/loss"] == pytest.approx(full["metrics"]["train/loss"], rel=1e-4)
 
 
-def test_sigterm_saves_a_checkpoint_and_stops(tmp_path):
-    import lightning as L
+def test_sigterm_saves_a_checkpoint_and_exits_without_results(tmp_path):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    class Kill(L.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 2:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    from distillkit import pipeline
-
-    cfg = compose_cfg(RESUME + ["trainer.max_epochs=3"], tmp_path)
-    original = pipeline.build_trainer
-
-    def with_kill(*args, **kwargs):
-        trainer = original(*args, **kwargs)
-        trainer.callbacks.append(Kill())
-        return trainer
-
-    pipeline.build_trainer = with_kill
-    try:
-        out = train(cfg, tmp_path)
-    finally:
-        pipeline.build_trainer = original
-    assert out["trainer"].global_step < 12
+    with pytest.raises(SIGTERMException):
+        _train_with_sigterm_at(compose_cfg(RESUME + ["trainer.max_epochs=3"], tmp_path), tmp_path, 2)
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
-    assert ckpt["global_step"] == out["trainer"].global_step
+    assert 2 <= ckpt["global_step"] < 4
+    assert not (tmp_path / "results.json").exists()
 
 
 def test_kd_on_a_cross_tokenizer_pair_fails_before_weights_load(tmp_path, monkeypatch):
@@ -287,29 +269,12 @@ def test_stage_teacher_sft_trains_and_exports_the_teacher(tmp_path):
 def test_mid_epoch_resume_finishes_the_run(tmp_path):
     """After a SIGTERM mid-epoch, resume=auto continues from last.ckpt to the planned step count
     (the interrupted epoch restarts its data order: the documented tolerance)."""
-    import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-    from distillkit import pipeline
-
-    class Kill(L.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == 6:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    cfg = compose_cfg(RESUME + ["trainer.max_epochs=3"], tmp_path)
-    original = pipeline.build_trainer
-
-    def with_kill(*args, **kwargs):
-        trainer = original(*args, **kwargs)
-        trainer.callbacks.append(Kill())
-        return trainer
-
-    pipeline.build_trainer = with_kill
-    try:
-        first = train(cfg, tmp_path)
-    finally:
-        pipeline.build_trainer = original
-    assert 6 <= first["trainer"].global_step < 8  # stopped after the batch in flight, mid-epoch (4 per epoch)
+    with pytest.raises(SIGTERMException):
+        _train_with_sigterm_at(compose_cfg(RESUME + ["trainer.max_epochs=3"], tmp_path), tmp_path, 6)
+    step = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    assert 6 <= step < 8  # stopped after the batch in flight, mid-epoch (4 batches per epoch)
     resumed = train(compose_cfg(RESUME + ["trainer.max_epochs=3"], tmp_path), tmp_path)
     assert resumed["trainer"].global_step == 12 and resumed["trainer"].current_epoch == 3
 
@@ -338,3 +303,30 @@ def test_runs_are_tagged_with_method_ablation_and_experiment(tmp_path):
         and hparams["tags/method"] == "mta"
         and hparams["tags/level"] == "both"
     )
+
+
+def _train_with_sigterm_at(cfg, out_dir, step):
+    """``train`` with a callback that sends this process SIGTERM after ``step`` optimizer steps."""
+    import lightning as L
+
+    from distillkit import pipeline
+
+    class Kill(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == step:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    if cfg.model.teacher_sft.enabled:
+        pipeline.ensure_sft_teacher(cfg)  # the cached teacher's own training must not be the one killed
+    original = pipeline.build_trainer
+
+    def with_kill(*args, **kwargs):
+        trainer = original(*args, **kwargs)
+        trainer.callbacks.append(Kill())
+        return trainer
+
+    pipeline.build_trainer = with_kill
+    try:
+        return train(cfg, out_dir)
+    finally:
+        pipeline.build_trainer = original

@@ -13,9 +13,11 @@ log = logging.getLogger(__name__)
 
 
 class PreemptionCheckpoint(L.Callback):
-    """On SIGTERM/SIGUSR1: finish the current batch, write ``last.ckpt`` and stop cleanly.
+    """On SIGTERM/SIGUSR1: finish the current batch, write ``last.ckpt`` and exit.
 
-    Resuming (``resume=auto``) then continues from that step.
+    The job ends with Lightning's ``SIGTERMException`` (a ``SystemExit``), so no ``results.json`` is
+    written for an unfinished run; resuming (``resume=auto``) continues from that step. Lightning's
+    own SIGTERM notifier is kept (this handler chains to it).
     """
 
     def __init__(self, signals: tuple[str, ...] = ("SIGTERM", "SIGUSR1")):
@@ -26,6 +28,9 @@ class PreemptionCheckpoint(L.Callback):
     def _handler(self, signum: int, frame: Any) -> None:
         log.warning("received signal %d: checkpointing after this batch", signum)
         self.requested = True
+        previous = self._previous.get(signum)
+        if callable(previous):
+            previous(signum, frame)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import threading
@@ -36,12 +41,21 @@ class PreemptionCheckpoint(L.Callback):
             self._previous[s] = signal.signal(s, self._handler)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
-        if not self.requested:
+        # a signal Lightning does not watch (e.g. SIGUSR1 outside SLURM): stop the same way
+        if self.requested:
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            raise SIGTERMException()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        # Lightning stops a SIGTERMed run with SIGTERMException at the end of the batch in flight
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, SIGTERMException):
             return
         path = self.last_path(trainer)
         trainer.save_checkpoint(str(path))
-        log.warning("saved %s; stopping", path)
-        trainer.should_stop = True
+        log.warning("saved %s; stopping (resume with resume=auto)", path)
         self.requested = False
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
