@@ -136,27 +136,19 @@ class MTA(KD):
             **self._span_tags,
         }
 
+    def _needs(self, layers: list[int]) -> Needs:
+        """Logits, the mapped hidden states, and (attention weights only) the attention maps that
+        produce them: ``hidden_states[l]`` is the output of layer ``l - 1``."""
+        att = tuple(sorted({max(i - 1, 0) for i in layers})) if self.weighting == "attention" else ()
+        return Needs(logits=True, hidden_states=tuple(sorted(set(layers))), attentions=att)
+
     @property
     def student_needs(self) -> Needs:
-        att = (
-            tuple(sorted({max(p.student - 1, 0) for p in self.pairs}))
-            if self.weighting == "attention"
-            else ()
-        )
-        return Needs(
-            logits=True, hidden_states=tuple(sorted({p.student for p in self.pairs})), attentions=att
-        )
+        return self._needs([p.student for p in self.pairs])
 
     @property
     def teacher_needs(self) -> Needs:
-        att = (
-            tuple(sorted({max(p.teacher - 1, 0) for p in self.pairs}))
-            if self.weighting == "attention"
-            else ()
-        )
-        return Needs(
-            logits=True, hidden_states=tuple(sorted({p.teacher for p in self.pairs})), attentions=att
-        )
+        return self._needs([p.teacher for p in self.pairs])
 
     # -- in the step ---------------------------------------------------------------------------------
     def _token_weights(self, out, layer: int, hidden: Tensor, mask: Tensor, teacher_logits: Tensor | None):
