@@ -97,7 +97,7 @@ class DistillModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         if self._step_start is not None:
-            tokens = int(batch.student.attention_mask.sum())  # host-side count of the collated batch
+            tokens = batch.num_tokens  # counted at collate time: no device sync
             elapsed = max(time.perf_counter() - self._step_start, 1e-9)
             self.log("train/tokens_per_s", tokens / elapsed, prog_bar=True, batch_size=batch.size)
 

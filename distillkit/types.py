@@ -95,6 +95,9 @@ class Batch:
     index: Tensor  # (B,) sample ids, for bookkeeping
     # cross-tokenizer co-segmentation memberships (same span grid on both sides), if any
     aligned: dict[str, SpanMembership] = field(default_factory=dict)
+    # the student's real (non-padding) tokens, counted on the host at collate time: tokens/s
+    # needs no device-to-host sync in the step
+    num_tokens: int = 0
 
     @property
     def size(self) -> int:

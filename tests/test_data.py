@@ -144,6 +144,7 @@ def test_collate_masks_padding_by_attention(gpt2_tokenizer, qwen_tokenizer):
         )
     batch = collate(exs)
     s, t = batch.student, batch.teacher
+    assert batch.num_tokens == int(s.attention_mask.sum())  # counted on the host at collate time
     assert s.input_ids.shape[0] == 2 and s.input_ids.shape[1] != t.input_ids.shape[1]
     for side, encs in ((s, [e.student for e in exs]), (t, [e.teacher for e in exs])):
         assert side.attention_mask.sum(1).tolist() == [len(e.input_ids) for e in encs]

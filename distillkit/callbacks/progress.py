@@ -23,7 +23,7 @@ class ProgressLog(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self._tokens += int(batch.student.attention_mask.sum())
+        self._tokens += batch.num_tokens
         step = trainer.global_step
         if step % self.every or batch_idx % trainer.accumulate_grad_batches:
             return

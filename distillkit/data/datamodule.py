@@ -86,6 +86,7 @@ def collate(examples: list[Example]) -> Batch:
         prompt_chars=[ex.prompt_chars for ex in examples],
         index=torch.tensor([ex.index for ex in examples]),
         aligned=aligned,
+        num_tokens=sum(len(ex.student.input_ids) for ex in examples),
     )
 
 
