@@ -45,6 +45,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "model.student.path is empty: give an HF id or local folder, or model.student.init=random"
         )
+    lm = cfg.get("layer_map")
+    if lm is not None and lm.kind == "explicit":
+        missing = [k for k in ("teacher", "student") if OmegaConf.is_missing(lm, k) or not lm[k]]
+        if missing:
+            raise ConfigError(
+                f"layer_map=explicit needs {', '.join(f'layer_map.{k}=[...]' for k in missing)} "
+                "(hidden_states indices, 0 = embeddings); or use layer_map=reference, uniform or last"
+            )
 
 
 def build_method(cfg: DictConfig) -> Method:

@@ -188,6 +188,7 @@ def test_tiny_xtok_tokenizes_with_offsets_both_ways(tmp_path):
             "the teacher has 4 layers",
         ),
         (["method.kd_rate=1.5"], MethodSetupError, "kd_rate"),
+        (["method=mta", "layer_map=explicit"], ConfigError, "layer_map.teacher=\\[...\\]"),
         (["+method.terms.nonsense=0"], MethodSetupError, "unknown term"),
     ],
 )
