@@ -132,7 +132,7 @@ def build_batch(shape: Shape, seed: int = 0):
     phrases; ~60 per row at L=256). The first ``prompt_len`` tokens carry no loss.
     """
     from distillkit.spans.membership import collate_membership
-    from distillkit.types import Batch, SideBatch
+    from distillkit.types import Batch, SideBatch, SpanGrid
 
     rng = random.Random(seed)
     B, L = shape.batch, shape.seq_len
@@ -149,14 +149,19 @@ def build_batch(shape: Shape, seed: int = 0):
         attention_mask=ids["attention_mask"],
         labels=labels,
         offsets=offsets,
-        spans={"word": collate_membership(words, L), "phrase": collate_membership(phrases, L)},
     )
+    grids = {}
+    for name, units in (("word", words), ("phrase", phrases)):
+        mem = collate_membership(units, L)
+        grids[name] = SpanGrid(mem, mem)
     stats = {
         "word_spans_per_row": sum(map(len, words)) / B,
         "phrase_spans_per_row": sum(map(len, phrases)) / B,
         "word_token_coverage": sum(len({t for u in w for t in u}) for w in words) / (B * L),
     }
-    batch = Batch(student=side, teacher=side, texts=[""] * B, prompt_chars=[0] * B, index=torch.arange(B))
+    batch = Batch(
+        student=side, teacher=side, texts=[""] * B, prompt_chars=[0] * B, index=torch.arange(B), grids=grids
+    )
     return batch, stats
 
 
@@ -182,7 +187,6 @@ def build_module(method_name: str, shape: Shape, teacher, student):
 
     cfg = compose_cfg(method_overrides(method_name, shape))
     method = build_method(cfg)
-    method.configure(cfg)
     method.check_tokenizers(teacher.tokenizer, student.tokenizer)
     method.setup(teacher, student)
     optim = cfg.trainer.optim
@@ -263,7 +267,7 @@ def run_child(name: str, shape_name: str, repeat: int, warmup: int) -> dict[str,
     record["peak_rss_mb"] = peak_rss_mb()  # before the profiled steps below can add anything
     record["weights"] = {k: v for k, v in module.method.weights.items() if v}
     if name == "mta":
-        record["pairs"] = [[p.teacher, p.student, p.level] for p in module.method.pairs]
+        record["pairs"] = [[p.teacher, p.student, p.level] for p in module.method.objective("mta").pairs]
         record["breakdown_s"] = profile_breakdown(step)
     return record
 

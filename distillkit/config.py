@@ -143,36 +143,7 @@ class DataConfig:
 
 
 # ----------------------------------------------------------------------------- methods
-@dataclass
-class MethodConfig:
-    """Common to every method: ``_target_`` names the class, ``terms`` scales each named loss
-    term (an ablation is ``method.terms.<name>=0``)."""
-
-    _target_: str = "distillkit.methods.sft.SFT"
-    name: str = "sft"
-    terms: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class SFTMethodConfig(MethodConfig):
-    _target_: str = "distillkit.methods.sft.SFT"
-    name: str = "sft"
-
-
-@dataclass
-class KDMethodConfig(MethodConfig):
-    """``(1 - kd_rate) * CE + kd_rate * D(teacher, student)`` on response tokens."""
-
-    _target_: str = "distillkit.methods.kd.KD"
-    name: str = "kd"
-    divergence: Divergence = Divergence.fkl
-    temperature: float = 1.0
-    kd_rate: float = 0.5
-    skew_lambda: float = 0.1
-    akl_mu: float = 0.5
-    chunk_size: Optional[int] = None
-
-
+# Each objective's schema lives beside its class (distillkit/methods/); these enums are shared.
 class Level(str, Enum):
     both = "both"  # the reference: the first `word_pairs` mapped pairs at word level, the rest phrase level
     word = "word"  # ablation: every mapped pair at word level
@@ -184,25 +155,6 @@ class TokenWeights(str, Enum):
     attention = "attention"  # the model's own attention received (eager attention)
     entropy = "entropy"  # teacher confidence 1 - H(p_T)/log|V| replaces the teacher weights
     uniform = "uniform"  # no token weights
-
-
-@dataclass
-class MTAMethodConfig(KDMethodConfig):
-    """MTA (papers.md §2): ``(1-kd_rate)·CE + kd_rate·(KD + w_span·L_MTA)``, with
-    ``L_MTA = mean over mapped pairs of (DSA + hra_factor·HRA)``. Defaults: the DistiLLM path
-    (SRKL, skew 0.1, kd_rate 1.0, w_span 2.0)."""
-
-    _target_: str = "distillkit.methods.mta.MTA"
-    name: str = "mta"
-    divergence: Divergence = Divergence.srkl
-    kd_rate: float = 1.0
-    w_span: float = 2.0
-    hra_factor: float = 0.1
-    level: Level = Level.both
-    weights: TokenWeights = TokenWeights.self_similarity
-    projector_init: str = "default"  # default (PyTorch Linear) | xavier | zeros
-    membership_rule: str = "reference"  # reference (start+1 >= span start) | exact
-    span_region: str = "all"  # all (prompt + response, the reference) | response
 
 
 @dataclass
@@ -263,17 +215,16 @@ def register_configs() -> None:
     cs.store(group="schema/data", name="data", node=DataConfig)
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
     cs.store(group="schema/layer_map", name="layer_map", node=LayerMapConfig)
-    for name, node in METHOD_SCHEMAS.items():
-        cs.store(group="schema/method", name=name, node=node)
+    # every objective's schema, stored beside its class: schema/method/<name> (a method preset) and,
+    # for base objectives, schema/method_base/<name> (an option of the method/base group)
+    from distillkit.methods import register_schemas
 
-
-#: method schema name -> dataclass; later method modules add theirs before ``register_configs``.
-METHOD_SCHEMAS: dict[str, type] = {"sft": SFTMethodConfig, "kd": KDMethodConfig, "mta": MTAMethodConfig}
-
-
-register_configs()
+    register_schemas(cs)
 
 
 def value(x: Any) -> Any:
     """The plain value of an enum config field (OmegaConf hands enum members back)."""
     return x.value if isinstance(x, Enum) else x
+
+
+register_configs()

@@ -16,23 +16,33 @@ import torch
 from torch import Tensor, nn
 
 from distillkit.methods.base import Method
+from distillkit.models.attention import capture_attention
+from distillkit.models.handles import InputEmbedding, OutputHead
 from distillkit.models.pair import LoadedModel, freeze
 from distillkit.types import Batch, ModelOutput, Needs, SideBatch
 
 
-def run_forward(model: nn.Module, side: SideBatch, needs: Needs, vocab_size: int) -> ModelOutput:
-    """One forward asking only for what ``needs`` declares; logits cut to the real vocabulary."""
-    out = model(
-        input_ids=side.input_ids,
-        attention_mask=side.attention_mask,
-        output_hidden_states=bool(needs.hidden_states),
-        output_attentions=bool(needs.attentions),
-        use_cache=False,
-    )
+def run_forward(model: nn.Module, side: SideBatch, needs: Needs, vocab_size: int, role: str = "model") -> ModelOutput:
+    """One forward asking only for what ``needs`` declares: logits cut to the real vocabulary, only the
+    named hidden states, only the named layers' attention (captured in the form asked for, see
+    :mod:`distillkit.models.attention`), and the head / embedding handles."""
+    with capture_attention(model, needs, side.attention_mask, role) as captured:
+        out = model(
+            input_ids=side.input_ids,
+            attention_mask=side.attention_mask,
+            output_hidden_states=bool(needs.hidden_states),
+            use_cache=False,
+        )
     logits = out.logits[..., :vocab_size] if needs.logits else None
     hidden = {i: out.hidden_states[i] for i in needs.hidden_states} if needs.hidden_states else {}
-    attn = {i: out.attentions[i] for i in needs.attentions} if needs.attentions else {}
-    return ModelOutput(logits=logits, hidden_states=hidden, attentions=attn)
+    return ModelOutput(
+        logits=logits,
+        hidden_states=hidden,
+        attentions=captured.attentions if captured is not None else {},
+        attention_rows=captured.attention_rows if captured is not None else {},
+        head=OutputHead(model, vocab_size) if needs.head else None,
+        embed=InputEmbedding(model) if needs.embeddings else None,
+    )
 
 
 class DistillModule(L.LightningModule):
@@ -73,8 +83,10 @@ class DistillModule(L.LightningModule):
         t_needs = self.method.teacher_needs
         if t_needs is not None and self.teacher is not None:
             with torch.no_grad():
-                teacher_out = run_forward(self.teacher, batch.teacher, t_needs, self.teacher_vocab)
-        student_out = run_forward(self.student, batch.student, self.method.student_needs, self.student_vocab)
+                teacher_out = run_forward(self.teacher, batch.teacher, t_needs, self.teacher_vocab, "teacher")
+        student_out = run_forward(
+            self.student, batch.student, self.method.student_needs, self.student_vocab, "student"
+        )
         return self.method(student_out, teacher_out, batch)
 
     def weighted_loss(self, terms: dict[str, Tensor]) -> Tensor:

@@ -56,15 +56,30 @@ def validate(cfg: DictConfig) -> None:
 
 
 def build_method(cfg: DictConfig) -> Method:
-    method_cfg = OmegaConf.to_container(cfg.method, resolve=True)
-    method_cfg.pop("name", None)
-    try:
-        return instantiate(method_cfg, _convert_="all")
-    except Exception as err:  # hydra wraps constructor errors; surface ours unchanged
-        cause = err.__cause__ or err
-        if isinstance(cause, (MethodSetupError, ValueError)):
-            raise cause from None
-        raise
+    """The run's :class:`~distillkit.methods.base.Method` from ``cfg.method`` (objectives get their
+    layer map, span parser and cache location through the config's interpolations)."""
+    from distillkit.methods import build_method as build
+
+    return build(OmegaConf.to_container(cfg.method, resolve=True))
+
+
+def enable_attention_capture(loaded: LoadedModel, needs: Any, configured: str | None) -> None:
+    """Switch a model to an attention implementation that can hand over the layers ``needs`` names
+    (``distillkit_sdpa`` unless ``model.<role>.attn_implementation`` chose ``distillkit_eager``)."""
+    from distillkit.models.attention import IMPLEMENTATIONS, SDPA
+
+    if needs is None or not needs.any_attention:
+        return
+    if configured and configured not in IMPLEMENTATIONS:
+        raise MethodSetupError(
+            f"model.{loaded.role}.attn_implementation={configured!r} returns no attention weights, which this "
+            f"method needs; use one of {', '.join(IMPLEMENTATIONS)} (or leave it unset)"
+        )
+    model = loaded.model
+    target = configured or SDPA
+    if getattr(model.config, "_attn_implementation", None) != target:
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        base.set_attn_implementation(target)
 
 
 # ----------------------------------------------------------------------------- teacher SFT
@@ -197,8 +212,7 @@ def train(
 
         check_settings(**OmegaConf.to_container(onpolicy, resolve=True))
     # stage=teacher_sft fine-tunes the teacher alone: always plain SFT, whatever method is configured
-    method = SFT() if stage == "teacher_sft" else build_method(cfg)
-    method.configure(cfg)
+    method = Method(SFT(), kd_rate=0.0) if stage == "teacher_sft" else build_method(cfg)
 
     # tokenizers and the cheap method checks come before any weights are loaded
     trainee_side = cfg.model.teacher if stage == "teacher_sft" else cfg.model.student
@@ -216,21 +230,22 @@ def train(
             "teacher",
             cfg.cache_dir,
             weights_path=weights,
-            attn_implementation=method.attn_implementation,
         )
     # re-seed so the student's initialisation does not depend on whether the teacher was just trained
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    student = load_model(
-        trainee_side, trainee_role, cfg.cache_dir, attn_implementation=method.attn_implementation
-    )
+    student = load_model(trainee_side, trainee_role, cfg.cache_dir)
     method.setup(teacher, student)
+    # attention is captured only for the layers the objectives name (distillkit.models.attention)
+    enable_attention_capture(student, method.student_needs, trainee_side.attn_implementation)
+    if teacher is not None:
+        enable_attention_capture(teacher, method.teacher_needs, cfg.model.teacher.attn_implementation)
 
     shared = teacher is None or same_vocabulary(teacher.tokenizer, student.tokenizer)
     dm = DistillDataModule(
         cfg.data,
         student.tokenizer,
         teacher.tokenizer if teacher is not None else student.tokenizer,
-        annotators=method.annotators(cfg, teacher, student),
+        annotators=method.annotators(teacher, student),
         shared_tokenizer=shared,
     )
     dm.setup("fit")

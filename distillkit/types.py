@@ -9,6 +9,7 @@ in its :class:`Needs`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -55,46 +56,81 @@ class SpanMembership:
 
 
 @dataclass
+class SpanGrid:
+    """One grid of spans seen by both models: span ``s`` of sample ``b`` covers the same characters on
+    both sides, each side listing its own tokens (MTA's word/phrase units, SRA's co-segmentation).
+    With one shared tokenizer ``student is teacher``."""
+
+    student: SpanMembership
+    teacher: SpanMembership
+
+    @property
+    def span_mask(self) -> Tensor:
+        """Spans present on both sides."""
+        if self.student is self.teacher:
+            return self.student.span_mask
+        return self.student.span_mask & self.teacher.span_mask
+
+    def to(self, device: torch.device | str) -> SpanGrid:
+        s = self.student.to(device)
+        return SpanGrid(s, s if self.teacher is self.student else self.teacher.to(device))
+
+
+@dataclass
+class TokenPairs:
+    """1:1 token pairs between the two tokenizations (ETA, MinED): pair ``p`` of sample ``b`` joins the
+    student position ``student_pos[b, p]`` and the teacher position ``teacher_pos[b, p]``; ``mask`` marks
+    real pairs (``P`` is the largest pair count of the batch, padded pairs point at position 0)."""
+
+    student_pos: Tensor  # (B, P) long
+    teacher_pos: Tensor  # (B, P) long
+    mask: Tensor  # (B, P) bool
+
+    def to(self, device: torch.device | str) -> TokenPairs:
+        return TokenPairs(
+            *(t.to(device, non_blocking=True) for t in (self.student_pos, self.teacher_pos, self.mask))
+        )
+
+
+@dataclass
 class SideBatch:
     """One model's view of a batch (its own tokenizer).
 
     ``labels`` are the next-token targets already aligned with ``input_ids`` (``-100`` where no
     loss is taken: prompt, padding); ``loss_mask = labels != -100``. ``offsets`` are character
     offsets ``(start, end)`` of each token in the batch's ``texts`` (``(0, 0)`` for special and
-    padding tokens). ``spans`` maps a unit set name (``word``, ``phrase``, ``aligned``) to its
-    membership.
+    padding tokens).
     """
 
     input_ids: Tensor  # (B, L) long
     attention_mask: Tensor  # (B, L) long
     labels: Tensor  # (B, L) long, -100 = ignored
     offsets: Tensor  # (B, L, 2) long
-    spans: dict[str, SpanMembership] = field(default_factory=dict)
 
     @property
     def loss_mask(self) -> Tensor:
         return self.labels.ne(-100)
 
     def to(self, device: torch.device | str) -> SideBatch:
-        moved = {
-            f.name: getattr(self, f.name).to(device, non_blocking=True)
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), Tensor)
-        }
-        return replace(self, **moved, spans={k: v.to(device) for k, v in self.spans.items()})
+        return SideBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
 
 
 @dataclass
 class Batch:
-    """A collated batch: both views of the same texts."""
+    """A collated batch: both views of the same texts, and the alignments data preparation built.
+
+    ``grids[name]``: span grids shared by both sides (:class:`SpanGrid`); ``pairs[name]``: 1:1 token
+    pairs (:class:`TokenPairs`). Both are produced once per example by the annotators the method's
+    objectives declare, never in the step.
+    """
 
     student: SideBatch
     teacher: SideBatch
     texts: list[str]
     prompt_chars: list[int]  # character length of the prompt part of each text
     index: Tensor  # (B,) sample ids, for bookkeeping
-    # cross-tokenizer co-segmentation memberships (same span grid on both sides), if any
-    aligned: dict[str, SpanMembership] = field(default_factory=dict)
+    grids: dict[str, SpanGrid] = field(default_factory=dict)
+    pairs: dict[str, TokenPairs] = field(default_factory=dict)
     # the student's real (non-padding) tokens, counted on the host at collate time: tokens/s
     # needs no device-to-host sync in the step
     num_tokens: int = 0
@@ -104,39 +140,88 @@ class Batch:
         return int(self.student.input_ids.shape[0])
 
     def to(self, device: torch.device | str) -> Batch:
+        student = self.student.to(device)
         return replace(
             self,
-            student=self.student.to(device),
-            teacher=self.teacher.to(device) if self.teacher is not self.student else self.student.to(device),
+            student=student,
+            teacher=student if self.teacher is self.student else self.teacher.to(device),
             index=self.index.to(device),
-            aligned={k: v.to(device) for k, v in self.aligned.items()},
+            grids={k: v.to(device) for k, v in self.grids.items()},
+            pairs={k: v.to(device) for k, v in self.pairs.items()},
         )
+
+
+#: how a captured attention layer is kept: the whole map, or only one query row per sample
+ATTENTION_FORMS = ("full", "last_real", "last_position")
 
 
 @dataclass(frozen=True)
 class Needs:
-    """What a method asks of one model's forward.
+    """What the objectives ask of one model's forward (merged over the objectives of a method).
 
-    ``hidden_states`` are indices into HF ``hidden_states`` (0 = embeddings, ``n_layers`` = last);
-    ``attentions`` are 0-based layer indices whose attention maps are needed (forces eager attention).
+    ``hidden_states`` are indices into HF ``hidden_states`` (0 = embeddings, ``n_layers`` = last).
+    ``attentions`` are 0-based layers whose full ``(B, H, L, L)`` maps are kept; ``attention_rows``
+    layers of which only one query row per sample ``(B, H, L)`` is kept: the last real token's
+    (``attention_query="last_real"``) or the last padded position's (``"last_position"``). Only the named
+    layers are captured, and a row is computed next to the fast attention kernel, never from a full map
+    (:mod:`distillkit.models.attention`). ``head`` / ``embeddings``: the model's output head and
+    input-embedding lookup as handles (:class:`ModelOutput`), never as a method's submodules.
     """
 
     logits: bool = True
     hidden_states: tuple[int, ...] = ()
     attentions: tuple[int, ...] = ()
+    attention_rows: tuple[int, ...] = ()
+    attention_query: str = "last_real"
+    head: bool = False
+    embeddings: bool = False
 
-    def merge(self, other: Needs) -> Needs:
+    def __post_init__(self):
+        if self.attention_query not in ATTENTION_FORMS[1:]:
+            raise ValueError(
+                f"attention_query={self.attention_query!r}; valid: {', '.join(ATTENTION_FORMS[1:])}"
+            )
+
+    @property
+    def any_attention(self) -> bool:
+        return bool(self.attentions or self.attention_rows)
+
+    def merge(self, other: Needs | None) -> Needs:
+        if other is None:
+            return self
+        if self.attention_rows and other.attention_rows and self.attention_query != other.attention_query:
+            raise ValueError(
+                f"two objectives ask for attention rows at different queries "
+                f"({self.attention_query!r} vs {other.attention_query!r})"
+            )
+
+        def union(a, b):
+            return tuple(sorted(set(a) | set(b)))
+
         return Needs(
             logits=self.logits or other.logits,
-            hidden_states=tuple(sorted(set(self.hidden_states) | set(other.hidden_states))),
-            attentions=tuple(sorted(set(self.attentions) | set(other.attentions))),
+            hidden_states=union(self.hidden_states, other.hidden_states),
+            attentions=union(self.attentions, other.attentions),
+            attention_rows=union(self.attention_rows, other.attention_rows),
+            attention_query=self.attention_query if self.attention_rows else other.attention_query,
+            head=self.head or other.head,
+            embeddings=self.embeddings or other.embeddings,
         )
 
 
 @dataclass
 class ModelOutput:
-    """One forward's typed outputs: only what was asked for."""
+    """One forward's typed outputs: only what was asked for.
+
+    ``head`` maps hidden states to logits over the tokenizer's real vocabulary (``head.weight`` is the
+    sliced ``(V, D)`` matrix); apply it only to the last hidden state (``hidden_states[n_layers]``, which
+    is after the final norm in every supported family). ``embed`` maps token ids to input embeddings.
+    Both are handles onto the model's own modules: a method never stores them.
+    """
 
     logits: Tensor | None  # (B, L, V) with V the tokenizer's real vocabulary size
     hidden_states: dict[int, Tensor] = field(default_factory=dict)  # index -> (B, L, D)
     attentions: dict[int, Tensor] = field(default_factory=dict)  # layer -> (B, H, L, L)
+    attention_rows: dict[int, Tensor] = field(default_factory=dict)  # layer -> (B, H, L)
+    head: Any = None  # distillkit.models.handles.OutputHead
+    embed: Any = None  # distillkit.models.handles.InputEmbedding

@@ -69,7 +69,7 @@ def test_tiny_batch_memberships_match_the_generator():
         L - shape.prompt_len - 1
     )
     for level, sizes in (("word", (2, 3)), ("phrase", (4, 8))):
-        mem = side.spans[level]
+        mem = batch.grids[level].student
         assert mem.seq_len == L and mem.span_mask.shape[0] == B
         # brute force: rebuild each span's token set from the flat pairs
         spans: dict[int, set[int]] = {}
@@ -82,7 +82,7 @@ def test_tiny_batch_memberships_match_the_generator():
             assert len(tokens) >= sizes[0] or max(tokens) == L - 1  # only the last one may be cut short
         assert len(spans) == int(mem.span_mask.sum()) == round(stats[f"{level}_spans_per_row"] * B)
     covered = torch.zeros(B * L, dtype=torch.bool)
-    covered[side.spans["word"].token_index] = True
+    covered[batch.grids["word"].student.token_index] = True
     assert stats["word_token_coverage"] == pytest.approx(covered.float().mean().item())
 
 

@@ -59,8 +59,8 @@ def mta_run(tmp_path_factory):
 def test_mta_trains_and_logs_every_term(mta_run):
     cfg, out = mta_run
     assert {"train/ce", "train/kd", "train/dsa", "train/hra", "train/loss"} <= set(out["metrics"])
-    m = out["method"]
-    assert m.weights == pytest.approx({"ce": 0.0, "kd": 1.0, "dsa": 2.0, "hra": 0.2})
+    m = out["method"].objective("mta")
+    assert out["method"].weights == pytest.approx({"ce": 0.0, "kd": 1.0, "dsa": 2.0, "hra": 0.2})
     assert len(m.projectors) == len(m.pairs) == 2
     assert m.projectors[0].in_features == 64 and m.projectors[0].out_features == 128
 
@@ -83,7 +83,7 @@ def test_gradients_reach_student_and_projectors_never_the_teacher(mta_run):
     batch = collate(dm.examples["train"][:8])
     terms = module.compute_terms(batch)
     (terms["dsa"] + terms["hra"]).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.method.projectors.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.method.objective("mta").projectors.parameters())
     assert module.student.transformer.h[0].attn.c_attn.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in module.teacher.parameters())
 
@@ -95,7 +95,7 @@ def test_projectors_are_checkpointed_and_left_out_of_the_export(mta_run, tmp_pat
     path = tmp_path / "x.ckpt"
     out["trainer"].save_checkpoint(str(path))
     state = torch.load(path, weights_only=False)["state_dict"]
-    assert any(k.startswith("method.projectors.0.") for k in state)
+    assert any(k.startswith("method.aux.0.projectors.0.") for k in state)
     exported = export_student(out["module"].student, out["student"].tokenizer, tmp_path / "student")
     from safetensors.torch import load_file
 
@@ -115,7 +115,7 @@ def test_spans_come_from_data_preparation_not_the_step(mta_run, monkeypatch):
     monkeypatch.setattr(parsers.SpacySpanParser, "parse", boom)
     module, dm = out["module"], out["datamodule"]
     batch = collate(dm.examples["train"][8:16])
-    assert set(batch.student.spans) == {"word", "phrase"}
+    assert set(batch.grids) == {"word", "phrase"}
     module.compute_terms(batch)  # no parse
     ann = dm.report["annotations"]["train"]
     assert ann["spans"]["phrase"]["kept"] > 0 and ann["spans"]["word"]["kept"] > 0
@@ -148,7 +148,7 @@ def test_every_ablation_composes_and_runs_a_step(tmp_path, ablation):
     for term in ("dsa", "hra"):
         assert (f"train/{term}" in metrics) == (method.weights[term] != 0), term
     tags = method.tags()
-    assert tags["level"] == cfg.method.level.value and tags["num_pairs"] == len(method.pairs)
+    assert tags["level"] == cfg.method.level.value and tags["num_pairs"] == len(method.objective("mta").pairs)
 
 
 def _bracketed(text: str) -> tuple[str, list[tuple[int, int]]]:
@@ -240,7 +240,7 @@ def test_mta_on_shrunken_gpt2_with_the_real_tokenizer_on_dolly(tmp_path, data_ro
     )
     out = train(cfg, tmp_path)
     assert {"train/dsa", "train/hra", "train/kd"} <= set(out["metrics"])
-    assert [(p.teacher, p.student, p.level) for p in out["method"].pairs] == [
+    assert [(p.teacher, p.student, p.level) for p in out["method"].objective("mta").pairs] == [
         (1, 1, "word"),
         (2, 1, "phrase"),
         (3, 2, "phrase"),

@@ -35,9 +35,10 @@ def fake_example(index: int, shared: bool = True) -> Example:
     s = Encoded([1, 2, 3 + index], [-100, 3 + index, -100], [(0, 1), (1, 2), (0, 0)], [True, True, False], 1)
     t = s if shared else Encoded([9, 8], [8, -100], [(0, 2), (0, 0)], [True, False], 1)
     ex = Example(index, f"ab{index}", 1, [f"b{index}"], s, t)
-    ex.spans["word"] = {"student": [[0, 1]], "teacher": [[0, 1]] if shared else [[0]]}
+    ex.grids["word"] = ([[0, 1]], [[0, 1]] if shared else [[0]])
     if not shared:
-        ex.aligned["aligned"] = ([[0], [1]], [[0], [0]])
+        ex.grids["aligned"] = ([[0], [1]], [[0], [0]])
+        ex.pairs["eta"] = [(0, 0), (1, 0)]
     return ex
 
 
@@ -311,8 +312,8 @@ def test_threshold_one_replaces_with_generated_pairs_on_both_sides(tokenizers, s
         words = [m.span() for m in WORD.finditer(p + r)]
         expected = sum(covered(new.student, row, a, b) and covered(new.teacher, row, a, b) for a, b in words)
         assert expected > 0
-        for side in (new.student, new.teacher):
-            assert int(side.spans["word"].span_mask[row].sum()) == expected
+        for mem in (new.grids["word"].student, new.grids["word"].teacher):
+            assert int(mem.span_mask[row].sum()) == expected
     assert new.student is not new.teacher
 
 
@@ -350,7 +351,7 @@ def test_full_buffer_replays_without_generating_or_parsing(tokenizers, fake_gene
     for _ in range(5):
         replay = source.prepare(batch, None, progress=1.0)
         assert source.last_mode == "replay" and replay.size == batch.size
-        assert set(replay.texts) <= buffered and "word" in replay.student.spans
+        assert set(replay.texts) <= buffered and "word" in replay.grids
     assert len(fake_generate.calls) == calls and len(parser.calls) == parses
     # at the start of training the fresh share is the whole threshold
     source.prepare(batch, None, progress=0.0)
@@ -476,4 +477,4 @@ def test_mta_run_parses_generated_texts_outside_the_training_step(tmp_path, monk
     generated = calls[-source.generated_batches :]
     assert source.generated_batches == 3 and all(n <= cfg.data.batch_size for n, _ in generated)
     assert sum(n for n, _ in generated) == len(source.buffer)
-    assert all("word" in ex.spans and "phrase" in ex.spans for ex in source.buffer.examples())
+    assert all("word" in ex.grids and "phrase" in ex.grids for ex in source.buffer.examples())

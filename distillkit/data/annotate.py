@@ -24,7 +24,7 @@ def span_annotator(
     region: str = "all",
     cache_root: str | Path | None = None,
 ) -> Callable[[list[Example]], dict[str, Any]]:
-    """An annotator that adds ``ex.spans[set] = {"student": [...], "teacher": [...]}`` to examples.
+    """An annotator that adds the span grid ``ex.grids[set] = (student units, teacher units)`` to examples.
 
     A span that one side's tokens cannot cover is dropped on both sides (the span grid stays the
     same characters on each side) and counted in the returned stats.
@@ -48,12 +48,11 @@ def span_annotator(
                 s_mem = token_membership(chosen, ex.student.offsets, ex.student.valid, rule, stats[name])
                 if ex.teacher is ex.student:
                     s_mem = [m for m in s_mem if m]
-                    ex.spans[name] = {"student": s_mem, "teacher": s_mem}
+                    ex.grids[name] = (s_mem, s_mem)
                 else:
                     t_mem = token_membership(chosen, ex.teacher.offsets, ex.teacher.valid, rule)
-                    s_mem, t_mem = drop_uncovered(s_mem, t_mem)
-                    ex.spans[name] = {"student": s_mem, "teacher": t_mem}
-                per_set_counts[name] += len(ex.spans[name]["student"])
+                    ex.grids[name] = drop_uncovered(s_mem, t_mem)
+                per_set_counts[name] += len(ex.grids[name][0])
         report = cache.last_report.as_dict() if hasattr(cache.last_report, "as_dict") else {}
         return {
             "parser": parser.name,

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, Sampler
 from distillkit.data.encode import Encoded, Example, encode, fits
 from distillkit.data.sources import SourceReport, load_splits
 from distillkit.data.template import format_prompt, references
-from distillkit.types import Batch, SideBatch
+from distillkit.types import Batch, SideBatch, SpanGrid, TokenPairs
 
 log = logging.getLogger(__name__)
 
@@ -42,50 +42,55 @@ def _pad(seqs: list[list[Any]], value: Any, length: int) -> list[list[Any]]:
     return [list(s) + [value] * (length - len(s)) for s in seqs]
 
 
-def collate_side(encs: list[Encoded], spans: dict[str, list[list[list[int]]]] | None = None) -> SideBatch:
-    """Right-padded tensors of one model's view; span memberships flattened for segment ops."""
+def collate_side(encs: list[Encoded]) -> SideBatch:
+    """Right-padded tensors of one model's view."""
     length = max(len(e.input_ids) for e in encs)
     input_ids = torch.tensor(_pad([e.input_ids for e in encs], 0, length))
     attention = torch.tensor(_pad([[1] * len(e.input_ids) for e in encs], 0, length))
     labels = torch.tensor(_pad([e.labels for e in encs], -100, length))
     offsets = torch.tensor(_pad([e.offsets for e in encs], (0, 0), length), dtype=torch.long)
-    memberships = {}
-    if spans:
-        from distillkit.spans.membership import collate_membership
+    return SideBatch(input_ids, attention, labels, offsets.view(len(encs), length, 2))
 
-        memberships = {name: collate_membership(per_example, length) for name, per_example in spans.items()}
-    return SideBatch(input_ids, attention, labels, offsets.view(len(encs), length, 2), memberships)
+
+def collate_pairs(per_example: list[list[tuple[int, int]]]) -> TokenPairs:
+    """Padded ``(B, P)`` position tensors of 1:1 token pairs; padded pairs point at 0 and are masked."""
+    P = max((len(p) for p in per_example), default=0)
+    s = torch.zeros(len(per_example), P, dtype=torch.long)
+    t = torch.zeros(len(per_example), P, dtype=torch.long)
+    mask = torch.zeros(len(per_example), P, dtype=torch.bool)
+    for b, pairs in enumerate(per_example):
+        if pairs:
+            s[b, : len(pairs)] = torch.tensor([a for a, _ in pairs])
+            t[b, : len(pairs)] = torch.tensor([c for _, c in pairs])
+            mask[b, : len(pairs)] = True
+    return TokenPairs(s, t, mask)
 
 
 def collate(examples: list[Example]) -> Batch:
-    names = sorted({n for ex in examples for n in ex.spans})
-    s_spans = {n: [ex.spans.get(n, {}).get("student", []) for ex in examples] for n in names}
-    shared = all(ex.student is ex.teacher for ex in examples)
-    student = collate_side([ex.student for ex in examples], s_spans)
-    if shared:
-        teacher = student
-    else:
-        t_spans = {n: [ex.spans.get(n, {}).get("teacher", []) for ex in examples] for n in names}
-        teacher = collate_side([ex.teacher for ex in examples], t_spans)
-    aligned = {}
-    a_names = sorted({n for ex in examples for n in ex.aligned})
-    if a_names:
-        from distillkit.spans.membership import collate_membership
+    from distillkit.spans.membership import collate_membership
 
-        for n in a_names:
-            aligned[f"{n}/student"] = collate_membership(
-                [ex.aligned[n][0] for ex in examples], student.input_ids.shape[1]
-            )
-            aligned[f"{n}/teacher"] = collate_membership(
-                [ex.aligned[n][1] for ex in examples], teacher.input_ids.shape[1]
-            )
+    shared = all(ex.student is ex.teacher for ex in examples)
+    student = collate_side([ex.student for ex in examples])
+    teacher = student if shared else collate_side([ex.teacher for ex in examples])
+    grids = {}
+    for n in sorted({n for ex in examples for n in ex.grids}):
+        units = [ex.grids.get(n, ([], [])) for ex in examples]
+        s_mem = collate_membership([u[0] for u in units], student.input_ids.shape[1])
+        same = shared and all(u[0] is u[1] or u[0] == u[1] for u in units)
+        t_mem = s_mem if same else collate_membership([u[1] for u in units], teacher.input_ids.shape[1])
+        grids[n] = SpanGrid(s_mem, t_mem)
+    pairs = {
+        n: collate_pairs([ex.pairs.get(n, []) for ex in examples])
+        for n in sorted({n for ex in examples for n in ex.pairs})
+    }
     return Batch(
         student=student,
         teacher=teacher,
         texts=[ex.text for ex in examples],
         prompt_chars=[ex.prompt_chars for ex in examples],
         index=torch.tensor([ex.index for ex in examples]),
-        aligned=aligned,
+        grids=grids,
+        pairs=pairs,
         num_tokens=sum(len(ex.student.input_ids) for ex in examples),
     )
 

@@ -32,9 +32,12 @@ class Example:
     references: list[str]
     student: Encoded
     teacher: Encoded
-    # unit set name -> side ("student"/"teacher") -> spans -> token indices; filled by annotators
-    spans: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)
-    aligned: dict[str, tuple[list[list[int]], list[list[int]]]] = field(default_factory=dict)
+    # alignments, filled once by the annotators the method's objectives declare (never in the step):
+    # span grid name -> (student groups, teacher groups): group i covers the same characters on both
+    # sides, each a list of that side's token positions (MTA's word/phrase units, SRA's co-segmentation)
+    grids: dict[str, tuple[list[list[int]], list[list[int]]]] = field(default_factory=dict)
+    # token-pair set name -> [(student position, teacher position), ...] (ETA, MinED)
+    pairs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 def eos_id(tokenizer: Any) -> int:

@@ -83,7 +83,8 @@ def _example_from_state(state: Mapping[str, Any]) -> Example:
 
     student = side(state["student"])
     teacher = student if state["shared"] else side(state["teacher"])
-    aligned = {name: (list(s), list(t)) for name, (s, t) in state["aligned"].items()}
+    grids = {name: (list(s), list(t)) for name, (s, t) in state["grids"].items()}
+    pairs = {name: [tuple(p) for p in ps] for name, ps in state["pairs"].items()}
     return Example(
         index=int(state["index"]),
         text=state["text"],
@@ -91,8 +92,8 @@ def _example_from_state(state: Mapping[str, Any]) -> Example:
         references=list(state["references"]),
         student=student,
         teacher=teacher,
-        spans={name: dict(sides) for name, sides in state["spans"].items()},
-        aligned=aligned,
+        grids=grids,
+        pairs=pairs,
     )
 
 

@@ -1,3 +1,56 @@
-"""Distillation methods. A method declares what it needs from each forward and turns typed
-outputs into named loss terms; the LightningModule runs the forwards, weights and logs the terms.
-See :class:`distillkit.methods.base.Method` for the contract."""
+"""Distillation methods: a base objective plus auxiliary objectives (see :mod:`distillkit.methods.base`).
+
+:data:`OBJECTIVES` is the registry: one entry per objective, whose ``Config`` dataclass is also the
+Hydra schema of its ``conf/method/<name>.yaml`` preset (and, for a base, of ``conf/method/base/<name>.yaml``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distillkit.methods.base import Method, MethodSetupError, Objective, base_schema, method_schema
+from distillkit.methods.kd import KD
+from distillkit.methods.mta import MTA
+from distillkit.methods.sft import SFT
+
+#: name -> (objective class, the kd_rate of its `method=<name>` preset)
+OBJECTIVES: dict[str, tuple[type[Objective], float]] = {
+    "sft": (SFT, 0.0),
+    "kd": (KD, 0.5),
+    "mta": (MTA, 1.0),
+}
+
+
+def register_schemas(cs: Any) -> None:
+    for name, (cls, kd_rate) in OBJECTIVES.items():
+        cs.store(group="schema/method", name=name, node=method_schema(cls, name, kd_rate))
+        if cls.kind == "base":
+            cs.store(group="schema/method_base", name=name, node=base_schema(cls))
+
+
+def build_method(node: dict[str, Any]) -> Method:
+    """The :class:`Method` of a resolved ``method`` config node (a plain dict, see ``conf/method``):
+    its ``_target_`` objective, the ``base`` node under an auxiliary one, ``kd_rate`` and ``terms``."""
+    from hydra.utils import instantiate
+
+    node = dict(node)
+    name, kd_rate, terms = node.pop("name", None), node.pop("kd_rate", 0.5), node.pop("terms", None)
+    base_node = node.pop("base", None)
+
+    def build(n: dict[str, Any]) -> Objective:
+        try:
+            return instantiate(n, _convert_="all")
+        except Exception as err:  # hydra wraps constructor errors; surface ours unchanged
+            cause = err.__cause__ or err
+            if isinstance(cause, ValueError):
+                raise cause from None
+            raise
+
+    primary = build(node)
+    if primary.kind == "base":
+        return Method(primary, (), kd_rate=kd_rate, terms=terms, name=name)
+    base = build(base_node) if base_node else None
+    return Method(base, (primary,), kd_rate=kd_rate, terms=terms, name=name)
+
+
+__all__ = ["OBJECTIVES", "Method", "MethodSetupError", "Objective", "build_method", "register_schemas"]

@@ -1,81 +1,77 @@
-"""Token-level KD: ``(1 - kd_rate) * CE + kd_rate * D(teacher, student)`` on response tokens.
+"""Token-level KD: the base term ``D(teacher, student)`` on the response tokens.
 
 ``D`` is one of :data:`distillkit.losses.DIVERGENCES` (fkl, rkl, js, tvd, skl, srkl, akl) at a
-temperature (logits divided by T, no T² factor, as DSKD). Needs one shared vocabulary: a pair
-whose tokenizers differ is refused before training (use a cross-tokenizer method).
+temperature (logits divided by T, no T² factor, as DSKD). As ``method=kd`` the total is
+``(1 - kd_rate)·CE + kd_rate·D``. Needs one shared vocabulary: a pair whose tokenizers differ is
+refused before any weights load (use a cross-tokenizer base).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
-from distillkit.config import value
-from distillkit.losses import cross_entropy, get_divergence
-from distillkit.methods.base import Method, MethodSetupError
+from distillkit.config import Divergence, value
+from distillkit.losses import get_divergence
+from distillkit.methods.base import MethodSetupError, Objective, ObjectiveConfig
 from distillkit.models.pair import same_vocabulary
 
 
-class KD(Method):
-    name = "kd"
+@dataclass
+class KDConfig(ObjectiveConfig):
+    divergence: Divergence = Divergence.fkl  # fkl | rkl | js | tvd | skl | srkl | akl
+    temperature: float = 1.0  # logits / T, no T² (DSKD 2.0; DistiLLM 1.0)
+    skew_lambda: float = 0.1  # skl / srkl skew
+    akl_mu: float = 0.5  # akl head/tail split
+    chunk_size: Optional[int] = None  # compute the divergence over chunks of this many positions
 
-    def __init__(
-        self,
-        divergence: str = "fkl",
-        temperature: float = 1.0,
-        kd_rate: float = 0.5,
-        skew_lambda: float = 0.1,
-        akl_mu: float = 0.5,
-        chunk_size: int | None = None,
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        self.divergence = value(divergence)
-        self.divergence_fn = get_divergence(self.divergence)
-        if temperature <= 0:
-            raise MethodSetupError(f"method.temperature must be > 0, got {temperature}")
-        if not 0.0 <= kd_rate <= 1.0:
-            raise MethodSetupError(f"method.kd_rate must be in [0, 1], got {kd_rate}")
-        self.temperature, self.kd_rate = float(temperature), float(kd_rate)
-        self.params = {"skew_lambda": skew_lambda, "mu": akl_mu, "chunk_size": chunk_size}
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.temperature <= 0:
+            raise MethodSetupError(f"method.temperature must be > 0, got {self.temperature}")
+
+
+class KD(Objective):
+    name = "kd"
+    kind = "base"
+    Config = KDConfig
+
+    def __init__(self, **knobs: Any):
+        super().__init__(**knobs)
+        self.divergence_fn = get_divergence(value(self.cfg.divergence))
 
     def check_tokenizers(self, teacher_tokenizer, student_tokenizer) -> None:
         if not same_vocabulary(teacher_tokenizer, student_tokenizer):
             raise MethodSetupError(
-                f"method={self.name} is token-level KD and needs one shared vocabulary, but the teacher "
-                f"({teacher_tokenizer.name_or_path}, {len(teacher_tokenizer)} tokens) and the student "
-                f"({student_tokenizer.name_or_path}, {len(student_tokenizer)} tokens) have different tokenizers. "
-                "Use a cross-tokenizer method, or a model pair with one tokenizer."
+                f"the {self.name} base objective compares the two models' distributions token by token and "
+                f"needs one shared vocabulary, but the teacher ({teacher_tokenizer.name_or_path}, "
+                f"{len(teacher_tokenizer)} tokens) and the student ({student_tokenizer.name_or_path}, "
+                f"{len(student_tokenizer)} tokens) have different tokenizers. Use a cross-tokenizer base "
+                "(method/base=...), or a model pair with one tokenizer."
             )
 
     def structural_weights(self) -> dict[str, float]:
-        return {"ce": 1.0 - self.kd_rate, "kd": self.kd_rate}
+        return {"kd": 1.0}
 
     def tags(self) -> dict[str, Any]:
-        return {
-            **super().tags(),
-            "divergence": self.divergence,
-            "temperature": self.temperature,
-            "kd_rate": self.kd_rate,
-        }
+        return {"divergence": value(self.cfg.divergence), "temperature": self.cfg.temperature}
 
     def divergence_params(self) -> dict[str, Any]:
-        wanted = {"skl": ("skew_lambda",), "srkl": ("skew_lambda",), "akl": ("mu",)}.get(self.divergence, ())
-        out = {k: self.params[k] for k in wanted}
-        if self.params["chunk_size"]:
-            out["chunk_size"] = self.params["chunk_size"]
+        c = self.cfg
+        params = {"skl": {"skew_lambda": c.skew_lambda}, "srkl": {"skew_lambda": c.skew_lambda}}
+        out = dict(params.get(value(c.divergence), {"mu": c.akl_mu} if value(c.divergence) == "akl" else {}))
+        if c.chunk_size:
+            out["chunk_size"] = c.chunk_size
         return out
 
-    def kd_term(self, student, teacher, batch):
-        mask = batch.student.loss_mask
-        return self.divergence_fn(
-            student.logits, teacher.logits, mask, temperature=self.temperature, **self.divergence_params()
+    def forward(self, student, teacher, batch, active):
+        if "kd" not in active:
+            return {}
+        kd = self.divergence_fn(
+            student.logits,
+            teacher.logits,
+            batch.student.loss_mask,
+            temperature=self.cfg.temperature,
+            **self.divergence_params(),
         )
-
-    def forward(self, student, teacher, batch):
-        terms = {}
-        # CE is cheap from the student's logits: logged even at weight 0 (as a detached diagnostic)
-        ce = cross_entropy(student.logits, batch.student.labels)
-        terms["ce"] = ce if self.active("ce") else ce.detach()
-        if self.active("kd"):
-            terms["kd"] = self.kd_term(student, teacher, batch)
-        return terms
+        return {"kd": kd}

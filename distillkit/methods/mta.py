@@ -1,4 +1,4 @@
-"""MTA: Multi-Granular Trajectory Alignment (arXiv 2605.01374; papers.md §2).
+"""MTA: Multi-Granular Trajectory Alignment (arXiv 2605.01374; papers.md §2), an auxiliary objective.
 
 For each mapped (teacher layer, student layer) pair, over that pair's span units (words for the
 lower pairs, noun/verb phrases for the higher ones):
@@ -8,25 +8,27 @@ lower pairs, noun/verb phrases for the higher ones):
 - **HRA** (Hidden Representation Alignment): ``1 - cos(P h^S_t, h^T_t)`` over the tokens inside
   the units, weighted by the teacher's token weights; ``P`` is a ``Linear(d_s, d_t)`` per pair.
 
-``L_MTA = mean_pairs(DSA + hra_factor * HRA)`` and the total is
-``(1 - kd_rate) * CE + kd_rate * (KD + w_span * L_MTA)`` on top of the token-level KD base
-(SRKL by default, the DistiLLM path). The terms ``dsa`` and ``hra`` are logged as pair means;
-their weights carry ``kd_rate * w_span`` (and ``hra_factor``).
+``L_MTA = mean_pairs(DSA + hra_factor * HRA)``. On its base objective (``method/base``; the preset
+``method=mta`` stands on KD with SRKL, the DistiLLM path) the total is
+``(1 - kd_rate) * CE + kd_rate * (base + w_span * L_MTA)``. The terms ``dsa`` and ``hra`` are logged
+as pair means; their weights carry ``w_span`` (and ``hra_factor``). The spans come from the span
+parser this objective is given, parsed once in data preparation (:meth:`MTA.annotators`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from enum import Enum
+from types import SimpleNamespace
+from typing import Any, Optional
 
 import torch
-from hydra.utils import instantiate
 from torch import Tensor, nn
 from torch.profiler import record_function
 
-from distillkit.config import value
+from distillkit.config import Level, TokenWeights, value
 from distillkit.losses import dsa_loss, hra_loss
-from distillkit.methods.base import MethodSetupError
-from distillkit.methods.kd import KD
+from distillkit.methods.base import MethodSetupError, Objective, ObjectiveConfig
 from distillkit.models.layer_map import LayerPair, resolve_layer_map
 from distillkit.spans.pooling import (
     attention_received_weights,
@@ -39,116 +41,139 @@ from distillkit.spans.pooling import (
 )
 from distillkit.types import Needs
 
-WEIGHTS = ("self_similarity", "attention", "entropy", "uniform")
-LEVELS = ("both", "word", "phrase")
-PROJECTOR_INITS = ("default", "xavier", "zeros")
+
+class ProjectorInit(str, Enum):
+    default = "default"  # PyTorch's Linear init (the reference)
+    xavier = "xavier"
+    zeros = "zeros"
 
 
-class MTA(KD):
+class MembershipRule(str, Enum):
+    reference = (
+        "reference"  # token t in span s iff start(t)+1 >= s.start and end(t) <= s.end (papers.md §2.1)
+    )
+    exact = "exact"  # the token's characters lie inside the span
+
+
+class SpanRegion(str, Enum):
+    all = "all"  # prompt + response (the reference)
+    response = "response"
+
+
+@dataclass
+class MTAConfig(ObjectiveConfig):
+    w_span: float = 2.0  # weight of L_MTA
+    hra_factor: float = 0.1  # L_pair = DSA + hra_factor * HRA
+    level: Level = Level.both  # both (first `layer_map.word_pairs` pairs word level) | word | phrase
+    weights: TokenWeights = TokenWeights.self_similarity
+    projector_init: ProjectorInit = ProjectorInit.default
+    membership_rule: MembershipRule = MembershipRule.reference
+    span_region: SpanRegion = SpanRegion.all
+    # wiring (conf/method/mta.yaml interpolates them from the run config)
+    layer_map: Any = None  # the `layer_map` group's node
+    reference_layers: Any = None  # {pair, teacher, student}: the model pair's reference map
+    span_parser: Any = None  # a distillkit.spans.parsers.SpanParser (the `span_parser` group)
+    cache_dir: Optional[str] = None  # span parses are cached under <cache_dir>/spans
+
+
+class MTA(Objective):
     name = "mta"
+    kind = "aux"
+    Config = MTAConfig
 
-    def __init__(
-        self,
-        w_span: float = 2.0,
-        hra_factor: float = 0.1,
-        level: str = "both",
-        weights: str = "self_similarity",
-        projector_init: str = "default",
-        membership_rule: str = "reference",
-        span_region: str = "all",
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        self.w_span, self.hra_factor = float(w_span), float(hra_factor)
-        self.level, self.weighting = value(level), value(weights)
-        for what, got, valid in (
-            ("level", self.level, LEVELS),
-            ("weights", self.weighting, WEIGHTS),
-            ("projector_init", projector_init, PROJECTOR_INITS),
-        ):
-            if got not in valid:
-                raise MethodSetupError(f"method.{what}={got!r}; valid: {', '.join(valid)}")
-        self.projector_init = projector_init
-        self.membership_rule, self.span_region = membership_rule, span_region
+    def __init__(self, **knobs: Any):
+        super().__init__(**knobs)
+        self.w_span, self.hra_factor = float(self.cfg.w_span), float(self.cfg.hra_factor)
+        self.level, self.weighting = value(self.cfg.level), value(self.cfg.weights)
         self.pairs: list[LayerPair] = []
         self.projectors = nn.ModuleList()
-        self._span_tags: dict[str, Any] = {}
 
     # -- before training ---------------------------------------------------------------------------
-    @property
-    def attn_implementation(self) -> str | None:
-        return "eager" if self.weighting == "attention" else None
+    def resolve_pairs(self, n_teacher: int, n_student: int) -> list[LayerPair]:
+        """The mapped layer pairs for models of these depths (out-of-range indices fail, naming the depth)."""
+        ref = self.cfg.reference_layers or {}
+        pair = SimpleNamespace(
+            name=ref.get("pair", "custom"),
+            teacher_layers=list(ref.get("teacher") or []),
+            student_layers=list(ref.get("student") or []),
+        )
+        if self.cfg.layer_map is None:
+            raise ValueError("MTA needs a layer map (the layer_map group); none was given")
+        return resolve_layer_map(
+            SimpleNamespace(**dict(self.cfg.layer_map)), pair, n_teacher, n_student, self.level
+        )
 
-    def configure(self, cfg: Any) -> None:
-        """Called by the pipeline with the composed config (layer map, span parser)."""
-        self._cfg = cfg
+    def check_tokenizers(self, teacher_tokenizer, student_tokenizer) -> None:
+        from distillkit.models.pair import same_vocabulary
+
+        if self.hra_factor != 0 and not same_vocabulary(teacher_tokenizer, student_tokenizer):
+            raise MethodSetupError(
+                "MTA's HRA term compares the two models' states token by token and needs one tokenizer, but "
+                "the teacher and the student tokenize differently; set method.hra_factor=0 (the cross-"
+                "tokenizer MTA reference has no HRA term: ctkd.md §3.9)"
+            )
 
     def setup(self, teacher, student) -> None:
-        super().setup(teacher, student)
-        cfg = self._cfg
-        self.pairs = resolve_layer_map(
-            cfg.layer_map, cfg.model, teacher.num_layers, student.num_layers, self.level
-        )
+        self.pairs = self.resolve_pairs(teacher.num_layers, student.num_layers)
         d_s, d_t = student.hidden_size, teacher.hidden_size
         self.projectors = nn.ModuleList(nn.Linear(d_s, d_t) for _ in self.pairs)
+        init = value(self.cfg.projector_init)
         for proj in self.projectors:
-            if self.projector_init == "xavier":
+            if init == "xavier":
                 nn.init.xavier_uniform_(proj.weight)
                 nn.init.zeros_(proj.bias)
-            elif self.projector_init == "zeros":
+            elif init == "zeros":
                 nn.init.zeros_(proj.weight)
                 nn.init.zeros_(proj.bias)
-        self._span_tags = {
-            "span_parser": str(cfg.span_parser._target_).rsplit(".", 1)[-1],
-            "word_units": cfg.span_parser.get("word_units"),
-        }
 
     @property
-    def span_sets(self) -> frozenset[str]:
-        return frozenset(p.level for p in self.pairs)
+    def span_sets(self) -> tuple[str, ...]:
+        return tuple(sorted({p.level for p in self.pairs}))
 
-    def annotators(self, cfg, teacher, student) -> list:
+    def annotators(self, teacher, student) -> list:
         from distillkit.data.annotate import span_annotator
 
-        parser = instantiate(cfg.span_parser)
+        if self.cfg.span_parser is None:
+            raise ValueError("MTA needs a span parser (the span_parser group); none was given")
         return [
             span_annotator(
-                parser, tuple(sorted(self.span_sets)), self.membership_rule, self.span_region, cfg.cache_dir
+                self.cfg.span_parser,
+                self.span_sets,
+                value(self.cfg.membership_rule),
+                value(self.cfg.span_region),
+                self.cfg.cache_dir,
             )
         ]
 
     def structural_weights(self) -> dict[str, float]:
-        base = super().structural_weights()
-        return {
-            **base,
-            "dsa": self.kd_rate * self.w_span,
-            "hra": self.kd_rate * self.w_span * self.hra_factor,
-        }
+        return {"dsa": self.w_span, "hra": self.w_span * self.hra_factor}
 
     def tags(self) -> dict[str, Any]:
+        parser = self.cfg.span_parser
         return {
-            **super().tags(),
             "level": self.level,
             "weights": self.weighting,
             "w_span": self.w_span,
             "num_pairs": len(self.pairs),
             "layer_map": [(p.teacher, p.student, p.level) for p in self.pairs],
-            **self._span_tags,
+            "span_parser": type(parser).__name__ if parser is not None else None,
+            "word_units": getattr(parser, "word_units", None),
         }
 
-    def _needs(self, layers: list[int]) -> Needs:
-        """Logits, the mapped hidden states, and (attention weights only) the attention maps that
-        produce them: ``hidden_states[l]`` is the output of layer ``l - 1``."""
+    def _needs(self, layers: list[int], logits: bool) -> Needs:
+        """The mapped hidden states, and (attention weights only) the attention maps that produce them:
+        ``hidden_states[l]`` is the output of layer ``l - 1``; only those layers' maps are captured."""
         att = tuple(sorted({max(i - 1, 0) for i in layers})) if self.weighting == "attention" else ()
-        return Needs(logits=True, hidden_states=tuple(sorted(set(layers))), attentions=att)
+        return Needs(logits=logits, hidden_states=tuple(sorted(set(layers))), attentions=att)
 
     @property
     def student_needs(self) -> Needs:
-        return self._needs([p.student for p in self.pairs])
+        return self._needs([p.student for p in self.pairs], logits=False)
 
     @property
     def teacher_needs(self) -> Needs:
-        return self._needs([p.teacher for p in self.pairs])
+        # the teacher's logits only for entropy weights (the base objective asks for them if it needs them)
+        return self._needs([p.teacher for p in self.pairs], logits=self.weighting == "entropy")
 
     # -- in the step ---------------------------------------------------------------------------------
     def _token_weights(self, out, layer: int, hidden: Tensor, mask: Tensor, teacher_logits: Tensor | None):
@@ -160,15 +185,15 @@ class MTA(KD):
             return entropy_weights(teacher_logits, mask)
         return self_similarity_weights(hidden, mask)
 
-    def forward(self, student, teacher, batch):
-        """KD terms plus ``dsa`` and ``hra``, each the mean over the mapped pairs.
+    def forward(self, student, teacher, batch, active):
+        """``dsa`` and ``hra``, each the mean over the mapped pairs.
 
         Work shared between pairs is done once per step: the token weights of a (model, layer) and the
         in-unit token mask of a membership. The stages are labelled for ``torch.profiler``
         (``mta.weights``, ``mta.pooling``, ``mta.dsa``, ``mta.projector``, ``mta.hra``).
         """
-        terms = super().forward(student, teacher, batch)
-        want_dsa, want_hra = self.active("dsa"), self.active("hra")
+        terms: dict[str, Tensor] = {}
+        want_dsa, want_hra = "dsa" in active, "hra" in active
         if not (want_dsa or want_hra):
             return terms
         s_side, t_side = batch.student, batch.teacher
@@ -204,7 +229,8 @@ class MTA(KD):
 
         dsa, hra = [], []
         for k, pair in enumerate(self.pairs):
-            s_mem, t_mem = s_side.spans[pair.level], t_side.spans[pair.level]
+            grid = batch.grids[pair.level]
+            s_mem, t_mem = grid.student, grid.teacher
             h_s, h_t = student.hidden_states[pair.student], teacher.hidden_states[pair.teacher].float()
             with record_function("mta.weights"):
                 w_s = weights("student", pair.student, s_mem)
@@ -214,7 +240,7 @@ class MTA(KD):
                     c_s, _ = pool_spans(h_s, s_mem, w_s)
                     c_t, m_t = pool_spans(h_t, t_mem, w_t)
                 with record_function("mta.dsa"):
-                    dsa.append(dsa_loss(c_s, c_t, m_t, s_mem.span_mask & t_mem.span_mask))
+                    dsa.append(dsa_loss(c_s, c_t, m_t, grid.span_mask))
                 del c_s, c_t, m_t
             if want_hra:
                 with record_function("mta.projector"):

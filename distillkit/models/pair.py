@@ -54,6 +54,18 @@ class LoadedModel:
     def hidden_size(self) -> int:
         return int(self.model.config.hidden_size)
 
+    def head(self):
+        """The output head as a handle (:class:`~distillkit.models.handles.OutputHead`), sliced to the vocabulary."""
+        from distillkit.models.handles import OutputHead
+
+        return OutputHead(self.model, self.vocab_size)
+
+    def embedding(self):
+        """The input-embedding lookup as a handle (:class:`~distillkit.models.handles.InputEmbedding`)."""
+        from distillkit.models.handles import InputEmbedding
+
+        return InputEmbedding(self.model)
+
 
 def same_vocabulary(tok_a: Any, tok_b: Any) -> bool:
     """True when both tokenizers map the same strings to the same ids (not: same embedding size)."""
