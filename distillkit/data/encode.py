@@ -35,6 +35,7 @@ class Example:
     # unit set name -> side ("student"/"teacher") -> spans -> token indices; filled by annotators
     spans: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)
     aligned: dict[str, tuple[list[list[int]], list[list[int]]]] = field(default_factory=dict)
+    grids: dict = field(default_factory=dict)
 
 
 def eos_id(tokenizer: Any) -> int:
