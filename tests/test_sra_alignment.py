@@ -308,3 +308,17 @@ def test_bad_choices_fail_before_any_work():
         sra_grid_annotator(one_sided="keep")
     with pytest.raises(ValueError, match="spans.max_spans=0"):
         sra_grid_annotator(max_spans=0)
+
+
+@pytest.mark.parametrize("source", GRID_SOURCES)
+def test_shared_tokenizer_gives_one_group_per_response_token(gpt2_tokenizer, dolly_rows, source):
+    # what the zero-at-identity property (ctkd.md §5.4 item 1) relies on: teacher = student
+    r = dolly_rows[-1]
+    prompt, response = format_prompt(r), references(r)[0]
+    enc = encode(gpt2_tokenizer, prompt, response)
+    ex = Example(0, prompt + response, len(prompt), [response], enc, enc)
+    examples = [ex]
+    sra_grid_annotator(source=source)(examples)
+    s_groups, t_groups = ex.grids["aligned"]
+    expected = [[t] for t in response_token_ids(ex, enc)]
+    assert s_groups == t_groups == expected and s_groups is not t_groups
