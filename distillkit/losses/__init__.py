@@ -1,7 +1,7 @@
 """Pure loss functions: token-level divergences and span/token representation losses.
 
 They take tensors and return tensors (no models, no batches), so methods compose them and tests
-check them against formulas.
+check them against formulas. SRA's span losses live in :mod:`distillkit.losses.sra`.
 """
 
 from distillkit.losses.divergences import (
@@ -18,22 +18,40 @@ from distillkit.losses.divergences import (
     tvd,
 )
 from distillkit.losses.span import COM_KINDS, com_alignment_loss, dsa_loss, hra_loss, rkd_loss
+from distillkit.losses.sra import (
+    COM_DISTANCES,
+    GEO_NORMALIZATIONS,
+    SPAN_LOGIT_REDUCTIONS,
+    com_loss,
+    dynamics_loss,
+    geometric_loss,
+    salience,
+    span_logit_loss,
+)
 
 __all__ = [
+    "COM_DISTANCES",
     "COM_KINDS",
     "DIVERGENCES",
+    "GEO_NORMALIZATIONS",
     "REDUCTIONS",
+    "SPAN_LOGIT_REDUCTIONS",
     "akl",
     "com_alignment_loss",
+    "com_loss",
     "cross_entropy",
     "dsa_loss",
+    "dynamics_loss",
     "fkl",
+    "geometric_loss",
     "get_divergence",
     "hra_loss",
     "js",
     "rkd_loss",
     "rkl",
+    "salience",
     "skl",
+    "span_logit_loss",
     "srkl",
     "tvd",
 ]

@@ -205,3 +205,86 @@ def entropy_weights(logits: Tensor, attention_mask: Tensor, chunk_size: int = 64
         parts.append(torch.special.entr(probs).sum(dim=-1))  # entr(p) = -p log p, 0 at p = 0
     entropy = torch.cat(parts, dim=1)
     return (1.0 - entropy / math.log(V)) * attention_mask.to(torch.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# SRA: token weights from one query row of a model's own attention (ctkd.md §2.2)
+# --------------------------------------------------------------------------------------------
+#: Valid values of ``query_positions(query=...)``.
+QUERY_POSITIONS = ("last_real", "last_position")
+
+
+def query_positions(attention_mask: Tensor, query: str = "last_real") -> Tensor:
+    """``(B,)`` long: the query position whose attention row gives SRA's token weights.
+
+    * ``"last_real"``: the last real token of each sample (the last 1 of ``attention_mask``; right or
+      left padding alike), as ``SRAv4/utils.py`` (``attention_mask.sum() - 1`` with right padding).
+      A sample without real tokens gets ``L - 1`` (its weights are all 0 anyway).
+    * ``"last_position"``: ``L - 1`` for every sample, the last *padded* position: the release's quirk
+      (``SRE@d32ad955:utils.py::get_span_hidden_states``, ``attentions[i-1].sum(dim=1)[:, -1]``).
+      With right padding a shorter sample's weights then come from a padding query, which (in HF's
+      causal + padding masks) attends to all of that sample's real tokens.
+    """
+    plain = getattr(query, "value", query)
+    if plain not in QUERY_POSITIONS:
+        raise ValueError(f"query={query!r} is not valid; choose one of {list(QUERY_POSITIONS)}")
+    if attention_mask.dim() != 2:
+        raise ValueError(f"attention_mask must be (B, L), got {tuple(attention_mask.shape)}")
+    B, L = attention_mask.shape
+    if plain == "last_position":
+        return torch.full((B,), L - 1, dtype=torch.long, device=attention_mask.device)
+    real = attention_mask.bool().flip(dims=(1,)).to(torch.int8)
+    return (L - 1) - real.argmax(dim=1).long()
+
+
+def query_rows(attn: Tensor, positions: Tensor) -> Tensor:
+    """``(B, H, L)``: row ``positions[b]`` of each sample's full ``(B, H, L, L)`` attention map.
+
+    ``rows[b, h, j] = attn[b, h, positions[b], j]`` (rows = queries). For callers that hold the full
+    map (HF ``output_attentions=True``); a capture that keeps only the row delivers this directly.
+    """
+    if attn.dim() != 4 or attn.shape[-1] != attn.shape[-2]:
+        raise ValueError(f"need attn (B, H, L, L), got {tuple(attn.shape)}")
+    if positions.shape != (attn.shape[0],):
+        raise ValueError(f"positions must be ({attn.shape[0]},), got {tuple(positions.shape)}")
+    batch = torch.arange(attn.shape[0], device=attn.device)
+    return attn[batch, :, positions.to(attn.device).long(), :]
+
+
+@torch.no_grad()
+def last_query_attention_weights(rows: Tensor | None, attention_mask: Tensor) -> Tensor:
+    """SRA's token weights: one query row of a model's own attention, summed over heads, normalized.
+
+    ``rows (B, H, L)`` is the attention of the query ``q_b`` (:func:`query_positions`) at the layer
+    *below* the pooled hidden state: for HF ``hidden_states[l]``, attention layer ``l - 1``
+    (0-based). ``attention_mask (B, L)``, 1 = real token::
+
+        a_b(j) = Σ_h rows[b, h, j] · mask[b, j] / Σ_j' Σ_h rows[b, h, j'] · mask[b, j']
+
+    Follows ``SRE@d32ad955:utils.py::get_span_hidden_states`` (``weights = attentions[i-1].sum(dim=1)
+    [:, -1].detach(); weights / weights.sum(-1, keepdim=True)``). The denominator runs over all real
+    keys, the prompt included. The padding keys are zeroed explicitly (in the reference they are 0
+    through the causal and padding masks); a row with no weight on real keys gives all zeros instead
+    of the reference's ``0 / 0``. Each model's own weights pool that model's own states.
+
+    Detached, ``(B, L)`` float32 (float64 stays float64). Missing rows (``None``: an ``sdpa``
+    attention returns no weights) raise, where the reference silently used ``torch.ones``.
+    """
+    if rows is None:
+        raise ValueError(
+            "last_query_attention_weights: no attention rows (an sdpa/flash attention returns no "
+            "weights); run the model with attn_implementation='eager' or capture the query rows"
+        )
+    if attention_mask.dim() != 2 or rows.dim() != 3 or rows.shape[0] != attention_mask.shape[0]:
+        raise ValueError(
+            f"need rows (B, H, L) and attention_mask (B, L); got {tuple(rows.shape)}, "
+            f"{tuple(attention_mask.shape)}"
+        )
+    if rows.shape[-1] != attention_mask.shape[1]:
+        raise ValueError(
+            f"rows have {rows.shape[-1]} keys but attention_mask has L={attention_mask.shape[1]}"
+        )
+    dtype = _compute_dtype(rows)
+    weights = rows.detach().to(dtype).sum(dim=1) * attention_mask.to(dtype)
+    total = weights.sum(dim=1, keepdim=True)
+    return weights / torch.where(total > 0, total, torch.ones_like(total))
