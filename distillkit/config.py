@@ -215,11 +215,6 @@ def register_configs() -> None:
     cs.store(group="schema/data", name="data", node=DataConfig)
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
     cs.store(group="schema/layer_map", name="layer_map", node=LayerMapConfig)
-    # every objective's schema, stored beside its class: schema/method/<name> (a method preset) and,
-    # for base objectives, schema/method_base/<name> (an option of the method/base group)
-    from distillkit.methods import register_schemas
-
-    register_schemas(cs)
 
 
 def value(x: Any) -> Any:
@@ -228,3 +223,7 @@ def value(x: Any) -> Any:
 
 
 register_configs()
+# every objective's schema lives beside its class: importing the registry stores schema/method/<name>
+# (a method preset) and, for base objectives, schema/method_base/<name> (an option of method/base).
+# Imported last, so the objectives' own `from distillkit.config import ...` finds every name defined.
+import distillkit.methods  # noqa: E402,F401

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
+
 from distillkit.methods.base import Method, MethodSetupError, Objective, base_schema, method_schema
 from distillkit.methods.kd import KD
 from distillkit.methods.mta import MTA
@@ -52,5 +54,7 @@ def build_method(node: dict[str, Any]) -> Method:
     base = build(base_node) if base_node else None
     return Method(base, (primary,), kd_rate=kd_rate, terms=terms, name=name)
 
+
+register_schemas(ConfigStore.instance())
 
 __all__ = ["OBJECTIVES", "Method", "MethodSetupError", "Objective", "build_method", "register_schemas"]
