@@ -35,6 +35,8 @@ class Example:
     # unit set name -> side ("student"/"teacher") -> spans -> token indices; filled by annotators
     spans: dict[str, dict[str, list[list[int]]]] = field(default_factory=dict)
     aligned: dict[str, tuple[list[list[int]], list[list[int]]]] = field(default_factory=dict)
+    # alignment name -> 1:1 token pairs [(student position, teacher position), ...]; filled by annotators
+    pairs: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 def eos_id(tokenizer: Any) -> int:
