@@ -23,7 +23,9 @@ than its tokenizer has tokens, and those rows are never mapped. The kinds (:clas
     Ties go to the smallest student id (FuseLLM takes the first in its vocabulary dict's order, which
     is not defined for fast tokenizers). The search runs in ``rapidfuzz``'s ``cdist`` over all cores,
     on the distinct lower-cased strings of both sides, in chunks: 151,646 x 50,257 (Qwen2 -> GPT-2)
-    is about 1.5 CPU-minutes.
+    takes about 50 CPU-seconds
+    (89,330 distinct strings left after the exact step; 43,269 distinct GPT-2 ids are hit, DSKD's
+    ``qwen_to_gpt2`` file has 43,262).
 
 Special tokens (the tokenizer's special ids) are never matched by string against regular tokens, in
 any kind: the teacher's EOS maps to the student's EOS, another teacher special maps to the student
@@ -585,10 +587,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
+    shown = [-1]
+
     def progress(done: int, total: int) -> None:
-        print(
-            f"\r  mined search: {done}/{total} distinct teacher strings", end="", file=sys.stderr, flush=True
-        )
+        tenth = 10 * done // max(1, total)
+        if tenth > shown[0]:
+            shown[0] = tenth
+            print(f"mined search: {done}/{total} distinct teacher strings", file=sys.stderr, flush=True)
 
     try:
         vmap = vocab_map(
@@ -598,7 +603,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(file=sys.stderr)
     print(json.dumps(vmap.summary(), indent=2, ensure_ascii=False))
     return 0
 

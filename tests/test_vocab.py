@@ -277,14 +277,14 @@ def test_cli_bad_tokenizer_is_one_line(capsys, tmp_path):
 
 @pytest.mark.slow
 def test_full_mined_map_qwen_to_gpt2(real):
-    """The whole 151,646 x 50,257 search (about 1.5 CPU-minutes)."""
+    """The whole 151,646 x 50,257 search (about 50 CPU-seconds)."""
     qwen, gpt2 = real
     vmap = V.vocab_map(qwen, gpt2, "mined", use_cache=False)
     regular = torch.tensor([qwen.is_regular(t) for t in range(len(qwen))])
     assert bool(torch.all(vmap.t2s[regular] >= 0)) and int(vmap.t2s.max()) < len(gpt2)
     assert int(vmap.exact[regular].sum()) == 42257
     # DSKD's qwen_to_gpt2 file maps onto 43,262 distinct GPT-2 ids (ties are broken differently there)
-    assert 41_000 < vmap.summary()["distinct_student_ids"] < 46_000
+    assert 42_500 < vmap.summary()["distinct_student_ids"] < 44_000  # 43,269 here
     for token in ("ä¸ŃåĽ½", "åįİä¸º"):
         t = tid(qwen, token)
         assert (int(vmap.t2s[t]), int(vmap.distance[t])) == brute_nearest(token, gpt2)
