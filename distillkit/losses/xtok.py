@@ -194,11 +194,11 @@ def uld_loss(
     divides by the global student response-token count), ``"mean"`` over them, ``"none"`` a
     ``(B, R)`` grid of per-row values (``R`` the longest shared length, 0 where not counted).
 
-    Follows the DSKD port (T = 1 default, masked where both sides have a response row) with its two
-    bugs fixed: the response start is the first ``labels != -100`` under distillkit's shifted labels
-    (the DSKD-framework MultiLevelOT port and TRL GOLD's old ``ULDLoss`` are off by one), and nothing
-    is written in place (DSKD rotates ``outputs.logits`` and the labels in place, llm-recipes writes
-    the softmax back into the logits). ``chunk_size`` processes that many rows at a time, forward and
+    Follows the DSKD port (T = 1 default, masked where both sides have a response row). The response
+    start is the first ``labels != -100`` under distillkit's shifted labels, as in that port (the
+    DSKD-framework MultiLevelOT port and TRL GOLD's older ``ULDLoss`` are off by one there), and
+    nothing is written in place (the DSKD port rotates ``outputs.logits`` and the labels in place,
+    llm-recipes writes the softmax back into the logits). ``chunk_size`` processes that many rows at a time, forward and
     backward (see :mod:`distillkit.losses.divergences`).
     """
     _check_labels("student", student_logits, student_labels)
