@@ -1,4 +1,5 @@
-"""Pure loss functions: token-level divergences and span/token representation losses.
+"""Pure loss functions: token-level divergences, span/token representation losses and the
+cross-tokenizer losses (:mod:`distillkit.losses.xtok`).
 
 They take tensors and return tensors (no models, no batches), so methods compose them and tests
 check them against formulas. SRA's span losses live in :mod:`distillkit.losses.sra`.
@@ -28,6 +29,18 @@ from distillkit.losses.sra import (
     salience,
     span_logit_loss,
 )
+from distillkit.losses.xtok import (
+    dskd_cma_terms,
+    dskd_terms,
+    eta_pinv_init,
+    eta_s2t_matrix,
+    eta_terms,
+    mined_loss,
+    mined_targets,
+    multilevel_ot_loss,
+    sinkhorn_ot,
+    uld_loss,
+)
 
 __all__ = [
     "COM_DISTANCES",
@@ -42,16 +55,26 @@ __all__ = [
     "cross_entropy",
     "dsa_loss",
     "dynamics_loss",
+    "dskd_cma_terms",
+    "dskd_terms",
+    "eta_pinv_init",
+    "eta_s2t_matrix",
+    "eta_terms",
     "fkl",
     "geometric_loss",
     "get_divergence",
     "hra_loss",
     "js",
+    "mined_loss",
+    "mined_targets",
+    "multilevel_ot_loss",
     "rkd_loss",
     "rkl",
     "salience",
+    "sinkhorn_ot",
     "skl",
     "span_logit_loss",
     "srkl",
     "tvd",
+    "uld_loss",
 ]
