@@ -461,31 +461,32 @@ def train(
 
 
 # ----------------------------------------------------------------------------- provenance
-def _git(*args: str) -> subprocess.CompletedProcess | None:
+def _git(*args: str, cwd: str | os.PathLike | None = None) -> subprocess.CompletedProcess | None:
     try:
         return subprocess.run(
-            ["git", *args], capture_output=True, timeout=10, cwd=Path(__file__).resolve().parent
+            ["git", *args], capture_output=True, timeout=10, cwd=cwd or Path(__file__).resolve().parent
         )
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def _git_commit() -> str | None:
-    out = _git("rev-parse", "HEAD")
+def _git_commit(cwd: str | os.PathLike | None = None) -> str | None:
+    out = _git("rev-parse", "HEAD", cwd=cwd)
     return (out.stdout.decode().strip() or None) if out is not None and out.returncode == 0 else None
 
 
-def git_state() -> dict[str, Any]:
+def git_state(cwd: str | os.PathLike | None = None) -> dict[str, Any]:
     """The code a run used: ``git_commit``, ``git_dirty`` (tracked changes or untracked files that
     git does not ignore), ``git_diff_sha256`` (sha256 of ``git diff HEAD``, binary-safe; ``None`` when
-    there is none), ``git_untracked`` (how many untracked files). All ``None`` outside a git checkout."""
-    commit = _git_commit()
+    there is none), ``git_untracked`` (how many untracked files). All ``None`` outside a git checkout.
+    ``cwd``: a folder of the checkout (default: distillkit's own)."""
+    commit = _git_commit(cwd)
     if commit is None:
         return {"git_commit": None, "git_dirty": None, "git_diff_sha256": None, "git_untracked": None}
     import hashlib
 
-    diff = _git("diff", "HEAD", "--binary")
-    status = _git("status", "--porcelain")
+    diff = _git("diff", "HEAD", "--binary", cwd=cwd)
+    status = _git("status", "--porcelain", cwd=cwd)
     diff_bytes = diff.stdout if diff is not None and diff.returncode == 0 else b""
     lines = status.stdout.decode().splitlines() if status is not None and status.returncode == 0 else []
     untracked = sum(1 for line in lines if line.startswith("??"))
@@ -636,6 +637,6 @@ def provenance(
         "data_files": files,
         "eval_files": eval_file_hashes(evaluation),
         "tokenizers": tok_hashes,
-        "teacher": teacher_record(cfg, teacher_path),
+        "teacher": teacher_record(cfg, teacher_path) if tokenizers.get("teacher") is not None else None,
         "versions": _versions(),
     }

@@ -2,8 +2,8 @@
 
 The returned dict is what goes under ``results["eval"]`` (schema in ``distillkit/tables/aggregate.py``)::
 
-    {"protocol": "dskd", "protocol_config": {...},
-     "sets": {"dolly": {"path": "dolly/valid.jsonl", "missing": false, "n_prompts": 500,
+    {"protocol": "dskd", "protocol_config": {...}, "template": "minillm", "template_source": "data.template",
+     "sets": {"dolly": {"path": "dolly/valid.jsonl", "sha256": "...", "missing": false, "n_prompts": 500,
                         "seeds": {"10": 24.1, ...}, "n_seeds": 5, "mean": 24.0, "std": 0.3,
                         "std_over": "generation_seeds"},
               "uinst": {"path": "uinst/11_/valid.jsonl", "missing": true, "reason": "file not found"}},
