@@ -214,9 +214,11 @@ def _record_failure(cfg: DictConfig, err: BaseException) -> None:
     from distillkit.callbacks.preemption import PREEMPTED_MARKER
     from distillkit.utils.io import atomic_write_text
 
+    from distillkit.pipeline import ResumeMismatchError
+
     out_dir = _run_dir()
-    if out_dir is None:
-        return
+    if out_dir is None or isinstance(err, ResumeMismatchError):
+        return  # a refused resume leaves the folder as its own run left it (finished, preempted, ...)
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
     atomic_write_text(out_dir / FAILED_MARKER, text)
     (out_dir / PREEMPTED_MARKER).unlink(missing_ok=True)

@@ -117,6 +117,10 @@ class PreemptionCheckpoint(L.Callback):
         tmp = path.with_name(f".{path.name}.tmp")
         trainer.save_checkpoint(str(tmp))  # every rank (sharded strategies); rank zero writes
         if trainer.is_global_zero:
+            if tmp.is_dir() and path.exists():  # a sharded checkpoint is a folder
+                import shutil
+
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
             os.replace(tmp, path)
         log.warning("saved %s at step %d; stopping (resume with resume=auto)", path, trainer.global_step)
         exception.preemption = Preemption(  # type: ignore[attr-defined]
