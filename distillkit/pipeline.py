@@ -276,8 +276,16 @@ class ResumeMismatchError(ConfigError):
     """``resume`` found a checkpoint written by a different training config."""
 
 
+def _drop_cache_dirs(tree: Any) -> None:
+    if isinstance(tree, dict):
+        tree.pop("cache_dir", None)
+        for child in tree.values():
+            _drop_cache_dirs(child)
+
+
 def training_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config minus :data:`RESUME_IGNORED`, as plain data (enums as values)."""
+    """The resolved config minus :data:`RESUME_IGNORED` and every ``cache_dir`` key at any depth (a
+    method's interpolated cache location), as plain data (enums as values)."""
     out: dict[str, Any] = {}
     for key in cfg:
         if key in RESUME_IGNORED:
@@ -290,6 +298,7 @@ def training_config(cfg: DictConfig) -> dict[str, Any]:
             node = node.get(part) if isinstance(node, dict) else None
         if parents and isinstance(node, dict):
             node.pop(leaf, None)
+    _drop_cache_dirs(out)
     return out
 
 

@@ -212,9 +212,8 @@ def _record_failure(cfg: DictConfig, err: BaseException) -> None:
     import traceback
 
     from distillkit.callbacks.preemption import PREEMPTED_MARKER
-    from distillkit.utils.io import atomic_write_text
-
     from distillkit.pipeline import ResumeMismatchError
+    from distillkit.utils.io import atomic_write_text
 
     out_dir = _run_dir()
     if out_dir is None or isinstance(err, ResumeMismatchError):

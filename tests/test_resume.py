@@ -72,18 +72,26 @@ def test_the_sampler_continues_its_order_from_a_saved_position():
 
 
 # ----------------------------------------------------------------------------- exact resume
-@pytest.mark.parametrize("stops", [(4,), (6,), (2, 7)], ids=["at_epoch_end", "mid_epoch", "twice_mid_epoch"])
-def test_resume_after_sigterm_equals_the_uninterrupted_run(tmp_path, stops):
+ACCUMULATE = ["trainer.accumulate_grad_batches=2", "data.synthetic.n_train=48"]  # 3 steps of 2 batches
+
+
+@pytest.mark.parametrize(
+    ("stops", "extra", "steps"),
+    [((4,), [], 12), ((6,), [], 12), ((2, 7), [], 12), ((4,), ACCUMULATE, 9)],
+    ids=["at_epoch_end", "mid_epoch", "twice_mid_epoch", "mid_epoch_accumulating"],
+)
+def test_resume_after_sigterm_equals_the_uninterrupted_run(tmp_path, stops, extra, steps):
     """SIGTERM at a step, resume=auto (again after a second SIGTERM): the final student equals the
     uninterrupted run's, bit for bit (data order, optimizer, schedule and dropout's RNG all continue)."""
-    full = train(compose_cfg(EXACT + ["resume=never"], tmp_path / "full"), tmp_path / "full")
+    cfg = EXACT + extra
+    full = train(compose_cfg(cfg + ["resume=never"], tmp_path / "full"), tmp_path / "full")
     run_dir = tmp_path / "stopped"
     for step in stops:
         with pytest.raises(SIGTERMException):
-            train(compose_cfg(EXACT + stop_at(step), run_dir), run_dir)
+            train(compose_cfg(cfg + stop_at(step), run_dir), run_dir)
         assert _step(run_dir / "checkpoints" / "last.ckpt") == step  # right after the batch in flight
-    resumed = train(compose_cfg(EXACT, run_dir), run_dir)
-    assert resumed["trainer"].global_step == full["trainer"].global_step == 12
+    resumed = train(compose_cfg(cfg, run_dir), run_dir)
+    assert resumed["trainer"].global_step == full["trainer"].global_step == steps
     a, b = _weights(full), _weights(resumed)
     for name in a:
         torch.testing.assert_close(b[name], a[name], rtol=0, atol=0, msg=name)
@@ -169,6 +177,7 @@ def test_resume_goes_on_when_only_paths_logging_or_evaluation_changed(tmp_path):
         "callbacks.checkpoint.save_top_k=1",
         "experiment_name=renamed",
         "final_eval=false",
+        f"cache_dir={os.environ['DISTILLKIT_CACHE']}/",  # the same cache, spelt another way
     ]
     out = train(compose_cfg(first + cosmetic, tmp_path), tmp_path)
     assert out["trainer"].global_step == 4 and "accepted_changes" not in out["resume"]
