@@ -129,6 +129,30 @@ def load_model(model_path: str | Path, device: str, dtype: str = "auto") -> tupl
     return model.to(device).eval(), hf_dir
 
 
+def training_template(model_dir: Path) -> tuple[str, str] | None:
+    """``(data.template, where it was read)`` of the run that exported ``model_dir`` (``<run>/student``):
+    from the run's ``results.json``, ``checkpoints/train_config.json`` or ``.hydra/config.yaml``;
+    ``None`` for a model that is not a distillkit run's (then the protocol's default applies)."""
+    import json
+
+    run = Path(model_dir).parent
+    for rel in ("results.json", "checkpoints/train_config.json"):
+        path = run / rel
+        try:
+            data = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):
+            data = None
+        template = ((data or {}).get("config") or {}).get("data", {}).get("template")
+        if template:
+            return str(template), f"data.template of {path}"
+    hydra_cfg = run / ".hydra" / "config.yaml"
+    if hydra_cfg.is_file():
+        template = OmegaConf.select(OmegaConf.load(hydra_cfg), "data.template")
+        if template:
+            return str(template), f"data.template of {hydra_cfg}"
+    return None
+
+
 def print_results(results: dict[str, Any], title: str) -> None:
     """A rich table: one line per set (per-seed scores, mean, std over generation seeds)."""
     from rich.console import Console
@@ -188,7 +212,18 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     tokenizer_path = Path(str(cfg.tokenizer_path)).expanduser() if cfg.get("tokenizer_path") else hf_dir
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
     out_dir = Path(out_dir)
-    results = evaluate(model, tokenizer, protocol, data_root, out_dir, device=device)
+    trained = training_template(hf_dir)  # the template the model was trained with, unless eval.template
+    template, source = trained if trained is not None else (None, "default")
+    results = evaluate(
+        model,
+        tokenizer,
+        protocol,
+        data_root,
+        out_dir,
+        device=device,
+        template=template,
+        template_source=source,
+    )
     record = {
         "model_path": str(model_path),
         "tokenizer_path": str(tokenizer_path),
@@ -197,7 +232,7 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
         "eval": results,
     }
     atomic_write_json(out_dir / "eval_results.json", record)
-    print_results(results, f"ROUGE-L, protocol {protocol.name}: {model_path}")
+    print_results(results, f"ROUGE-L, protocol {protocol.name}, template {results['template']}: {model_path}")
     print(f"wrote {out_dir / 'eval_results.json'}")
     return record
 

@@ -37,7 +37,10 @@ if not OmegaConf.has_resolver("distillkit.wandb_offline"):
 def final_evaluation(
     cfg: DictConfig, model: Any, tokenizer: Any, dm: Any, out_dir: Path
 ) -> dict[str, Any] | None:
-    """Evaluate on the ``eval`` protocol's sets; synthetic data evaluates on its own test split."""
+    """Evaluate on the ``eval`` protocol's sets; synthetic data evaluates on its own test split.
+
+    The prompts use the template the student was trained with (``data.template``) unless
+    ``eval.template`` is set; the result records which (``template``, ``template_source``)."""
     from distillkit.eval import evaluate
     from distillkit.eval.protocol import protocol_from_config
 
@@ -56,7 +59,15 @@ def final_evaluation(
         from distillkit.utils.io import data_root
 
         root = Path(cfg.data.root) if cfg.data.get("root") else data_root()
-    return evaluate(model, tokenizer, protocol, root, out_dir)
+    return evaluate(
+        model,
+        tokenizer,
+        protocol,
+        root,
+        out_dir,
+        template=str(value(cfg.data.template)),
+        template_source="data.template",
+    )
 
 
 def restore_best(result: dict[str, Any]) -> str | None:
@@ -121,6 +132,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "train_seconds": round(result["train_seconds"], 2),
             "total_seconds": round(time.perf_counter() - started, 2),
             "best_checkpoint": best,
+            "resume": result.get("resume"),
+            "templates": templates_used(cfg, trainer, evaluation),
             "exported": str(exported) if exported else None,
             "data_report": dm.report,
             "provenance": provenance(
@@ -130,10 +143,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                     "student": result["student"].tokenizer,
                     "teacher": result["teacher"].tokenizer if result["teacher"] else None,
                 },
+                teacher_path=result.get("teacher_path"),
+                evaluation=evaluation,
             ),
             "config": OmegaConf.to_container(cfg, resolve=True),
         }
         atomic_write_json(out_dir / "results.json", results)
+        clear_markers(out_dir)
         print_summary(results, out_dir)
     return results
 
@@ -149,6 +165,8 @@ def print_summary(results: dict[str, Any], out_dir: Path) -> None:
         if key in results["metrics"]:
             table.add_row(key, f"{results['metrics'][key]:.4f}")
     ev = results.get("eval") or {}
+    if ev.get("template"):
+        table.add_row("eval template", f"{ev['template']} ({ev.get('template_source', 'eval.template')})")
     for name, s in (ev.get("sets") or {}).items():
         table.add_row(
             f"test ROUGE-L {name}", "missing" if s.get("missing") else f"{s['mean']:.2f} ± {s['std']:.2f}"
@@ -159,24 +177,99 @@ def print_summary(results: dict[str, Any], out_dir: Path) -> None:
     Console(stderr=False).print(table)
 
 
+def templates_used(cfg: DictConfig, trainer: Any, evaluation: dict[str, Any] | None) -> dict[str, Any]:
+    """The prompt template of training, of the dev ROUGE-L callback and of the final evaluation."""
+    from distillkit.callbacks.dev_eval import DevRouge
+
+    dev = next((c for c in trainer.callbacks if isinstance(c, DevRouge)), None)
+    return {
+        "train": str(value(cfg.data.template)),
+        "dev_rouge": dev.used_template if dev is not None else None,
+        "eval": (evaluation or {}).get("template"),
+        "eval_source": (evaluation or {}).get("template_source"),
+    }
+
+
+#: the status markers a run folder can hold; a completed run removes both
+FAILED_MARKER = "FAILED"
+
+
+def _run_dir() -> Path | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else None
+
+
+def clear_markers(out_dir: Path) -> None:
+    """A completed run: no ``FAILED``/``PREEMPTED`` left from an earlier attempt in its folder."""
+    from distillkit.callbacks.preemption import PREEMPTED_MARKER
+
+    for name in (FAILED_MARKER, PREEMPTED_MARKER):
+        (out_dir / name).unlink(missing_ok=True)
+
+
 def _record_failure(cfg: DictConfig, err: BaseException) -> None:
     import traceback
 
-    from hydra.core.hydra_config import HydraConfig
-
+    from distillkit.callbacks.preemption import PREEMPTED_MARKER
+    from distillkit.pipeline import ResumeMismatchError
     from distillkit.utils.io import atomic_write_text
 
-    if not HydraConfig.initialized():
-        return
-    out_dir = Path(HydraConfig.get().runtime.output_dir)
+    out_dir = _run_dir()
+    if out_dir is None or isinstance(err, ResumeMismatchError):
+        return  # a refused resume leaves the folder as its own run left it (finished, preempted, ...)
     text = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    atomic_write_text(out_dir / "FAILED", text)
+    atomic_write_text(out_dir / FAILED_MARKER, text)
+    (out_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
+
+
+def _record_preemption(err: BaseException) -> None:
+    """``PREEMPTED`` (instead of ``FAILED``): the signal, the step and the checkpoint to resume from."""
+    import datetime
+    import json
+
+    from distillkit.callbacks.preemption import PREEMPTED_MARKER
+    from distillkit.utils.io import atomic_write_text
+
+    out_dir = _run_dir()
+    if out_dir is None:
+        return
+    info = getattr(err, "preemption", None)
+    record = {
+        "signal": getattr(info, "signal", None),
+        "step": getattr(info, "step", None),
+        "checkpoint": getattr(info, "checkpoint", None),
+        "requeued": bool(getattr(info, "requeue", None)),
+        "time": datetime.datetime.now().isoformat(timespec="seconds"),
+        "resume": "run the same command again (resume=auto continues from the checkpoint)",
+    }
+    atomic_write_text(out_dir / PREEMPTED_MARKER, json.dumps(record, indent=2) + "\n")
+    (out_dir / FAILED_MARKER).unlink(missing_ok=True)
+
+
+def _stop_preempted(err: BaseException) -> None:
+    """After a stop signal: mark the folder, requeue where the launcher can (submitit), else exit
+    with :data:`~distillkit.callbacks.preemption.EXIT_PREEMPTED`."""
+    from distillkit.callbacks.preemption import EXIT_PREEMPTED
+
+    _record_preemption(err)
+    requeue = getattr(getattr(err, "preemption", None), "requeue", None)
+    if requeue is not None:
+        log.warning("preempted: handing over to submitit, which requeues this job")
+        requeue()  # submitit requeues the job and exits
+    log.warning("preempted: exiting with status %d (resume with the same command)", EXIT_PREEMPTED)
+    raise SystemExit(EXIT_PREEMPTED) from None
 
 
 def _task(cfg: DictConfig) -> float | None:
     """The Hydra task: never leaves a W&B run open (multirun jobs stay separate, wandb #1314)."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         results = run(cfg)
+    except SIGTERMException as err:  # a SystemExit(None): exit 0 unless we say otherwise
+        _stop_preempted(err)
+        raise
     except BaseException as err:
         # a failing job of a multirun is recorded in its folder; Hydra goes on with the others
         _record_failure(cfg, err)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
+import lightning as L
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -52,3 +55,25 @@ REPO_GROUPS = sorted(
     for p in CONF.iterdir()
     if p.is_dir() and p.name not in ("hydra", "local") and any(p.glob("*.yaml"))
 )
+
+
+class SigtermAt(L.Callback):
+    """Sends this process ``signal`` once, after optimizer step ``step``, as a scheduler would. Added
+    from the config like any callback: ``+callbacks.stop._target_=tests.helpers.SigtermAt``."""
+
+    def __init__(self, step: int, signal: str = "SIGTERM"):
+        self.step, self.signal, self.sent = step, signal, False
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        if trainer.global_step == self.step and not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+def stop_at(step: int, sig: str = "SIGTERM") -> list[str]:
+    """Overrides that add a :class:`SigtermAt` callback."""
+    return [
+        "+callbacks.stop._target_=tests.helpers.SigtermAt",
+        f"+callbacks.stop.step={step}",
+        f"+callbacks.stop.signal={sig}",
+    ]

@@ -136,3 +136,21 @@ def test_cli_reports_a_missing_model_path(tmp_path):
     )
     assert proc.returncode != 0
     assert "does not exist" in proc.stderr
+
+
+def test_a_run_students_evaluation_uses_the_runs_training_template(setup, tmp_path):
+    from distillkit.data.template import format_prompt
+
+    _, run, data = setup
+    (run / "results.json").write_text(json.dumps({"config": {"data": {"template": "none"}}}))
+    record = run_evaluation(cfg_for(run / "student", data), tmp_path / "a")
+    assert record["eval"]["template"] == "none" and "results.json" in record["eval"]["template_source"]
+    prompts = [p["prompt"] for p in read_jsonl(tmp_path / "a" / "predictions" / "dolly.jsonl")]
+    assert prompts == [ROWS[0]["prompt"], format_prompt(ROWS[1], "none")]  # a `prompt` field is kept
+    explicit = run_evaluation(cfg_for(run / "student", data, "eval.template=minillm"), tmp_path / "b")
+    assert (explicit["eval"]["template"], explicit["eval"]["template_source"]) == ("minillm", "eval.template")
+    prompts = [p["prompt"] for p in read_jsonl(tmp_path / "b" / "predictions" / "dolly.jsonl")]
+    assert prompts[1] == format_prompt(ROWS[1], "minillm")
+    (run / "results.json").unlink()  # a model no run exported: the papers' template
+    outside = run_evaluation(cfg_for(run / "student", data), tmp_path / "c")
+    assert (outside["eval"]["template"], outside["eval"]["template_source"]) == ("minillm", "default")

@@ -130,3 +130,23 @@ def test_row_prompt_prefers_the_prompt_field():
     assert row_prompt(row) == format_prompt(row, "minillm")
     assert "### Instruction:\nSay hi" in row_prompt(row)
     assert row_prompt({**row, "prompt": "P: "}) == "P: "
+
+
+@pytest.mark.parametrize("name", ["dev", "dskd", "mta", "smoke"])
+def test_every_protocol_follows_the_training_template_by_default(name):
+    """No YAML names a template: a run evaluates on the one it trained with (data.template)."""
+    from tests.helpers import compose_cfg
+
+    assert load_protocol(name).template is None
+    assert compose_cfg([f"eval={name}", "data.template=chat"]).eval.template is None
+
+
+def test_resolve_template_prefers_eval_then_the_training_data_then_minillm():
+    from distillkit.eval.protocol import resolve_template
+
+    p = load_protocol("dskd")
+    assert resolve_template(p, "none", "data.template") == ("none", "data.template")
+    assert resolve_template(p.replace(template="chat"), "none", "data.template") == ("chat", "eval.template")
+    assert resolve_template(p) == ("minillm", "default")
+    with pytest.raises(ValueError, match="valid: minillm, chat, none"):
+        resolve_template(p, "alpaca", "data.template")

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import pytest
 import torch
@@ -103,49 +101,6 @@ def test_loss_decreases_on_tiny_data(tmp_path):
     with torch.no_grad():
         before = before_module.weighted_loss(before_module.compute_terms(batch)).item()
     assert after < 0.7 * before, (before, after)
-
-
-RESUME = SMALL + [
-    "callbacks=default",
-    "~callbacks.dev_rouge",
-    "~callbacks.lr_monitor",
-    "callbacks.checkpoint.monitor=null",
-    "callbacks.checkpoint.save_top_k=0",
-    "data.synthetic.n_train=32",
-    "data.batch_size=8",
-    "trainer.max_steps=-1",
-    "trainer.optim.schedule=constant",
-    "trainer.check_val_every_n_epoch=null",
-    "model.teacher_sft.max_steps=2",
-]
-
-
-def _student_state(out):
-    return {k: v.clone() for k, v in out["module"].student.state_dict().items()}
-
-
-def test_resume_from_last_ckpt_matches_an_uninterrupted_run(tmp_path):
-    full = train(
-        compose_cfg(RESUME + ["trainer.max_epochs=2", "resume=never"], tmp_path / "a"), tmp_path / "a"
-    )
-    first = train(compose_cfg(RESUME + ["trainer.max_epochs=1"], tmp_path / "b"), tmp_path / "b")
-    assert first["trainer"].global_step == 4 and (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
-    resumed = train(compose_cfg(RESUME + ["trainer.max_epochs=2"], tmp_path / "b"), tmp_path / "b")
-    assert resumed["trainer"].global_step == full["trainer"].global_step == 8
-    a, b = _student_state(full), _student_state(resumed)
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
-    assert resumed["metrics"]["train/loss"] == pytest.approx(full["metrics"]["train/loss"], rel=1e-4)
-
-
-def test_sigterm_saves_a_checkpoint_and_exits_without_results(tmp_path):
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    with pytest.raises(SIGTERMException):
-        _train_with_sigterm_at(compose_cfg(RESUME + ["trainer.max_epochs=3"], tmp_path), tmp_path, 2)
-    ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
-    assert 2 <= ckpt["global_step"] < 4
-    assert not (tmp_path / "results.json").exists()
 
 
 def test_kd_on_a_cross_tokenizer_pair_fails_before_weights_load(tmp_path, monkeypatch):
@@ -267,19 +222,6 @@ def test_stage_teacher_sft_trains_and_exports_the_teacher(tmp_path):
     assert teacher.config.n_embd == cfg.model.teacher.arch_config.n_embd
 
 
-def test_mid_epoch_resume_finishes_the_run(tmp_path):
-    """After a SIGTERM mid-epoch, resume=auto continues from last.ckpt to the planned step count
-    (the interrupted epoch restarts its data order: the documented tolerance)."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
-    with pytest.raises(SIGTERMException):
-        _train_with_sigterm_at(compose_cfg(RESUME + ["trainer.max_epochs=3"], tmp_path), tmp_path, 6)
-    step = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
-    assert 6 <= step < 8  # stopped after the batch in flight, mid-epoch (4 batches per epoch)
-    resumed = train(compose_cfg(RESUME + ["trainer.max_epochs=3"], tmp_path), tmp_path)
-    assert resumed["trainer"].global_step == 12 and resumed["trainer"].current_epoch == 3
-
-
 def test_runs_are_tagged_with_method_ablation_and_experiment(tmp_path):
     import yaml
 
@@ -304,30 +246,3 @@ def test_runs_are_tagged_with_method_ablation_and_experiment(tmp_path):
         and hparams["tags/method"] == "mta"
         and hparams["tags/level"] == "both"
     )
-
-
-def _train_with_sigterm_at(cfg, out_dir, step):
-    """``train`` with a callback that sends this process SIGTERM after ``step`` optimizer steps."""
-    import lightning as L
-
-    from distillkit import pipeline
-
-    class Kill(L.Callback):
-        def on_train_batch_end(self, trainer, *args):
-            if trainer.global_step == step:
-                os.kill(os.getpid(), signal.SIGTERM)
-
-    if cfg.model.teacher_sft.enabled:
-        pipeline.ensure_sft_teacher(cfg)  # the cached teacher's own training must not be the one killed
-    original = pipeline.build_trainer
-
-    def with_kill(*args, **kwargs):
-        trainer = original(*args, **kwargs)
-        trainer.callbacks.append(Kill())
-        return trainer
-
-    pipeline.build_trainer = with_kill
-    try:
-        return train(cfg, out_dir)
-    finally:
-        pipeline.build_trainer = original

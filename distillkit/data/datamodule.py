@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from distillkit.data.encode import Encoded, Example, encode, fits
 from distillkit.data.sources import SourceReport, load_splits
@@ -22,7 +23,14 @@ Annotator = Callable[[list[Example]], dict[str, Any]]
 
 
 class EpochSeededSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch): resuming at an epoch boundary replays the same order."""
+    """A shuffle that depends only on (seed, epoch), resumable at any position.
+
+    The order of epoch ``e`` is ``randperm(n)`` under a generator seeded with ``seed * 100_003 + e``.
+    Checkpointing goes through torchdata's ``StatefulDataLoader`` (which Lightning saves with the loop
+    state): the sampler's state is its epoch, the state of its iterator (:class:`_EpochOrder`) the
+    epoch and the number of indices it has handed out, so a resume continues the same order at the
+    same position instead of replaying the epoch from its start.
+    """
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, seed, 0
@@ -30,12 +38,54 @@ class EpochSeededSampler(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of each epoch
         self.epoch = epoch
 
-    def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return iter(torch.randperm(self.n, generator=g).tolist())
+    def order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.n, generator=g).tolist()
+
+    def __iter__(self) -> _EpochOrder:
+        return _EpochOrder(self)
 
     def __len__(self) -> int:
         return self.n
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch = int(state["epoch"])
+
+
+class _EpochOrder(Iterator[int]):
+    """One pass over :meth:`EpochSeededSampler.order`. The order is drawn at the first ``next`` (not at
+    ``iter``), since Lightning creates the iterator before it calls ``set_epoch``."""
+
+    def __init__(self, sampler: EpochSeededSampler):
+        self.sampler = sampler
+        self.epoch: int | None = None
+        self.position = 0
+        self._order: list[int] | None = None
+
+    def _start(self, epoch: int) -> list[int]:
+        self.epoch, self._order = epoch, self.sampler.order(epoch)
+        return self._order
+
+    def __iter__(self) -> _EpochOrder:
+        return self
+
+    def __next__(self) -> int:
+        order = self._order if self._order is not None else self._start(self.sampler.epoch)
+        if self.position >= len(order):
+            raise StopIteration
+        self.position += 1
+        return order[self.position - 1]
+
+    def state_dict(self) -> dict[str, int]:
+        epoch = self.epoch if self.epoch is not None else self.sampler.epoch
+        return {"epoch": epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self._start(int(state["epoch"]))
+        self.position = int(state["position"])
 
 
 def _pad(seqs: list[list[Any]], value: Any, length: int) -> list[list[Any]]:
@@ -194,16 +244,24 @@ class DistillDataModule(L.LightningDataModule):
         return stats
 
     # -- loaders --------------------------------------------------------------------------------
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
+        """A ``StatefulDataLoader`` (torchdata): Lightning checkpoints its state with the loop, so a
+        resume at any step continues the epoch's order where it stopped. The loader's own generator
+        (seeded by ``shuffle_seed``) keeps the per-iterator seed draw off the global RNG."""
+        import warnings
+
         examples = self.examples["train"]
-        return DataLoader(
-            examples,
-            batch_size=self.cfg.batch_size,
-            sampler=EpochSeededSampler(len(examples), self.cfg.shuffle_seed),
-            collate_fn=collate,
-            num_workers=self.cfg.num_workers,
-            drop_last=False,
-        )
+        with warnings.catch_warnings():  # torchdata 0.11 calls torch's deprecated set_vital in __init__
+            warnings.filterwarnings("ignore", message=".*set_vital.*")
+            return StatefulDataLoader(
+                examples,
+                batch_size=self.cfg.batch_size,
+                sampler=EpochSeededSampler(len(examples), self.cfg.shuffle_seed),
+                collate_fn=collate,
+                num_workers=self.cfg.num_workers,
+                drop_last=False,
+                generator=torch.Generator().manual_seed(int(self.cfg.shuffle_seed)),
+            )
 
     def val_dataloader(self) -> DataLoader | list:
         examples = self.examples.get("dev") or []

@@ -15,6 +15,7 @@ from distillkit.eval.protocol import (
     available_protocols,
     load_protocol,
     protocol_from_config,
+    resolve_template,
     row_prompt,
 )
 from distillkit.eval.rouge import rouge_l
@@ -26,6 +27,7 @@ __all__ = [
     "generate_responses",
     "load_protocol",
     "protocol_from_config",
+    "resolve_template",
     "rouge_l",
     "row_prompt",
 ]

@@ -2,8 +2,8 @@
 
 The returned dict is what goes under ``results["eval"]`` (schema in ``distillkit/tables/aggregate.py``)::
 
-    {"protocol": "dskd", "protocol_config": {...},
-     "sets": {"dolly": {"path": "dolly/valid.jsonl", "missing": false, "n_prompts": 500,
+    {"protocol": "dskd", "protocol_config": {...}, "template": "minillm", "template_source": "data.template",
+     "sets": {"dolly": {"path": "dolly/valid.jsonl", "sha256": "...", "missing": false, "n_prompts": 500,
                         "seeds": {"10": 24.1, ...}, "n_seeds": 5, "mean": 24.0, "std": 0.3,
                         "std_over": "generation_seeds"},
               "uinst": {"path": "uinst/11_/valid.jsonl", "missing": true, "reason": "file not found"}},
@@ -27,9 +27,9 @@ import torch
 
 from distillkit.data.template import references as row_references
 from distillkit.eval.generate import generate_responses
-from distillkit.eval.protocol import EvalProtocol, load_protocol, row_prompt
+from distillkit.eval.protocol import EvalProtocol, load_protocol, resolve_template, row_prompt
 from distillkit.eval.rouge import rouge_l
-from distillkit.utils.io import atomic_write_text, read_jsonl
+from distillkit.utils.io import atomic_write_text, read_jsonl, sha256_file
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -59,10 +59,15 @@ def evaluate(
     device: str | torch.device | None = None,
     log: Callable[[str], Any] | None = print,
     sets: Mapping[str, str] | None = None,
+    template: str | None = None,
+    template_source: str = "caller",
 ) -> dict[str, Any]:
     """Generate and score every set of ``protocol`` (a protocol or the name of a ``conf/eval`` YAML).
 
     ``sets`` replaces the protocol's sets (name -> path relative to ``data_root``, or absolute).
+    Prompts use the protocol's ``template`` when it names one, else ``template`` (a training run passes
+    its ``data.template``, ``template_source`` says so), else MiniLLM's; the result records which
+    (``template``, ``template_source``). Each file read is hashed (``sets.<name>.sha256``).
     With ``out_dir``, predictions go to ``out_dir/predictions/<set>.jsonl`` (one line per seed and
     prompt: index, seed, prompt, references, generation, score).
     """
@@ -78,9 +83,13 @@ def evaluate(
             f"Evaluation data root {str(data_root)!r} is not a folder; set data_root / $DISTILLKIT_DATA_ROOT."
         )
     say = log or (lambda _msg: None)
+    used_template, template_source = resolve_template(protocol, template, template_source)
+    protocol = protocol.replace(template=used_template)
+    say(f"[eval {protocol.name}] prompts use template {used_template!r} ({template_source})")
 
     # Load every set first, so a malformed file fails before any generation.
     loaded: dict[str, list[dict[str, Any]]] = {}
+    hashes: dict[str, str] = {}
     set_results: dict[str, dict[str, Any]] = {}
     for name, rel in protocol.sets.items():
         path = data_root / rel
@@ -96,6 +105,7 @@ def evaluate(
             say(f"[eval {protocol.name}] {name}: MISSING ({path} is empty)")
             continue
         loaded[name] = rows
+        hashes[name] = sha256_file(path)
 
     for name, rows in loaded.items():
         prompts = [row_prompt(row, protocol.template, tokenizer) for row in rows]
@@ -123,6 +133,7 @@ def evaluate(
         mean, std = _mean_std(list(seed_scores.values()))
         set_results[name] = {
             "path": protocol.sets[name],
+            "sha256": hashes[name],
             "missing": False,
             "n_prompts": len(prompts),
             "seeds": seed_scores,
@@ -147,6 +158,8 @@ def evaluate(
     return {
         "protocol": protocol.name,
         "protocol_config": protocol.to_dict(),
+        "template": used_template,
+        "template_source": template_source,
         "sets": {n: set_results[n] for n in protocol.sets},
         "avg": avg,
         "missing_sets": missing,
