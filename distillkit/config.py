@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 
 class Choice(str, Enum):
@@ -302,6 +302,31 @@ class TrainerConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# ----------------------------------------------------------------------------- evaluate
+class EvalDType(Choice):
+    """``python -m distillkit.evaluate dtype=...``: the weights' dtype (auto: bf16 on a GPU that has it)."""
+
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+@dataclass
+class EvaluateConfig:
+    """The top level of ``conf/evaluate.yaml`` (``python -m distillkit.evaluate``): a typo or a bad
+    ``dtype`` fails at compose time. ``eval`` is the protocol group (``_target_`` EvalProtocol)."""
+
+    model_path: str = MISSING
+    tokenizer_path: Optional[str] = None
+    data_root: Optional[str] = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (checked before loading)
+    dtype: EvalDType = EvalDType.auto
+    out_dir: Optional[str] = None
+    batch_size: Optional[int] = None
+    eval: Any = None
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     # Schemas live in their own groups (``schema/<group>``) so they never show up as options of
@@ -312,6 +337,7 @@ def register_configs() -> None:
     cs.store(group="schema/layer_map", name="layer_map", node=LayerMapConfig)
     for name, node in METHOD_SCHEMAS.items():
         cs.store(group="schema/method", name=name, node=node)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
 
 
 #: method schema name -> dataclass; later method modules add theirs before ``register_configs``.
@@ -348,12 +374,21 @@ def run_config(*, _root_: Any) -> dict[str, Any]:
     return out
 
 
+def first_set(*choices: Any) -> Any:
+    """``${distillkit.first_set:a,b,...}``: the first choice that is neither null nor empty."""
+    return next((c for c in choices if c not in (None, "")), None)
+
+
 def join_name(*parts: Any) -> str:
     """``${distillkit.join_name:a,b,...}``: the non-empty parts joined with ``-`` (a run name from a
     fixed stem and, say, Hydra's ``job.override_dirname`` which is empty for a single run)."""
     return "-".join(str(p) for p in parts if p not in (None, ""))
 
 
-for _name, _fn in (("distillkit.run_config", run_config), ("distillkit.join_name", join_name)):
+for _name, _fn in (
+    ("distillkit.run_config", run_config),
+    ("distillkit.join_name", join_name),
+    ("distillkit.first_set", first_set),
+):
     if not OmegaConf.has_resolver(_name):
         OmegaConf.register_new_resolver(_name, _fn)

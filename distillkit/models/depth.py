@@ -100,6 +100,7 @@ def model_depth(side: Any, role: str) -> int:
             else "an HF id that is neither in the local HF cache nor reachable (offline?)"
         )
         raise ModelLoadError(
-            f"{prefix}.path={str(path)!r} is {hint}: {err}. Point {prefix}.path at a local folder with config.json."
+            f"{prefix}.path={str(path)!r} is {hint}: {str(err).rstrip('.')}. Point {prefix}.path at a local "
+            "folder with config.json."
         ) from err
     return _layers_of(config, f"config.json of {prefix}.path={str(path)!r}", f"{prefix}.path")

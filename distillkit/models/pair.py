@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from distillkit.checks import TINY_PREFIX
 from distillkit.config import value
 from distillkit.errors import ModelLoadError
 from distillkit.models.depth import check_model_path
 from distillkit.utils.io import data_root as resolve_data_root
 from distillkit.utils.io import read_jsonl
 
-TINY_PREFIX = "tiny:"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Normalized shrink overrides -> the attribute each family uses. HF configs map the standard
