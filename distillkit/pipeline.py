@@ -77,8 +77,18 @@ def ensure_sft_teacher(cfg: DictConfig) -> Path:
                 "resume": "never",
             },
         )
-        train(tcfg, out_dir=root.with_name(root.name + ".work"), export_to=root, with_callbacks=False)
+        work = root.with_name(root.name + ".work")
+        train(tcfg, out_dir=work, export_to=root, with_callbacks=False)
+        remove_work_dir(work)
     return root
+
+
+def remove_work_dir(work: Path) -> None:
+    """After a successful teacher SFT only the exported teacher stays in the cache: its scratch
+    folder (``<entry>.work``, empty or holding Lightning's leftovers) goes."""
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- trainer

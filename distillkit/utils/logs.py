@@ -7,6 +7,9 @@
 * Lightning's "💡 Tip: ... litlogger / litmodels" advertisements are filtered out.
 * Hugging Face progress bars ("Loading weights", "Writing model shards", hub downloads) are off
   when no terminal is attached (logs, SLURM, CI), where each redraw would be a line of its own.
+* Messages about nothing the user did or can change are dropped: Lightning's "Found N module(s) in
+  eval mode" (the frozen teacher is in eval mode on purpose), its internal ``LeafSpec`` deprecation,
+  and ``absl``'s "Using default tokenizer." from ``rouge_score`` on every evaluation.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 #: loggers that install their own console handler at import
 _OWN_HANDLER_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
@@ -53,6 +57,9 @@ def quiet_logging(terminal: bool | None = None) -> None:
         logger = logging.getLogger(name)
         if _TIP_FILTER not in logger.filters:
             logger.addFilter(_TIP_FILTER)
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
+    logging.getLogger("absl").setLevel(logging.WARNING)
     if terminal is None:
         terminal = os.isatty(2)
     if not terminal:
