@@ -1,5 +1,5 @@
-"""W&B and curves records of a run (issue 13 items 11 and 14): the W&B run carries the whole resolved
-name per sweep job; the run folder gets a plot of its own training curves next to metrics.csv."""
+"""W&B and curves records of a run (issue 13 items 11 and 14): the W&B run carries the whole
+resolved config and a name per sweep job; the run folder gets a plot of its own training curves next to metrics.csv."""
 
 from __future__ import annotations
 
