@@ -13,6 +13,19 @@ from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+
+class Choice(str, Enum):
+    """A closed choice whose ``str()``/``format()`` is its value (``f"{Template.none}"`` is
+    ``"none"``), so it prints, hashes and compares like the plain string it replaced. Each member's
+    name equals its value (``Enum`` hashes by name)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
 
 class Divergence(str, Enum):
@@ -25,23 +38,23 @@ class Divergence(str, Enum):
     akl = "akl"
 
 
-class Init(str, Enum):
+class Init(Choice):
     pretrained = "pretrained"
     random = "random"
 
 
-class Stage(str, Enum):
+class Stage(Choice):
     distill = "distill"
     teacher_sft = "teacher_sft"
 
 
-class Source(str, Enum):
+class Source(Choice):
     synthetic = "synthetic"
     jsonl = "jsonl"
     dolly_hub = "dolly_hub"
 
 
-class DType(str, Enum):
+class DType(Choice):
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
@@ -106,6 +119,21 @@ class ModelPairConfig:
 
 
 # ----------------------------------------------------------------------------- data
+class Template(Choice):
+    """The prompt template (``distillkit.data.template.format_prompt``)."""
+
+    minillm = "minillm"  # the MiniLLM/DSKD template, the papers' default
+    chat = "chat"  # the tokenizer's chat template (one user turn)
+    none = "none"  # the bare instruction (+ input)
+
+
+class OnBadRows(Choice):
+    """What a line of a data file that is not valid JSON does (it is reported with file and line)."""
+
+    fail = "fail"  # stop before training, naming the file and the line (the default)
+    skip = "skip"  # drop the line, count it in the data report (``dropped.<split>.bad_json``), go on
+
+
 @dataclass
 class SyntheticConfig:
     n_train: int = 3000
@@ -121,6 +149,9 @@ class DataConfig:
     ``jsonl``: MiniLLM/DSKD-format files under ``root`` with per-split globs (``train``/``dev``/
     ``test``; in the MiniLLM layout ``valid.jsonl`` is the test split). ``dolly_hub``: the
     databricks-dolly-15k hub dataset, split the MiniLLM way. ``synthetic``: generated here.
+    ``on_bad_rows``: a file line that is not valid JSON fails the run (``fail``, naming file and
+    line) or is dropped and counted (``skip``); rows that are JSON but unusable (no instruction,
+    empty output) are always dropped and counted.
     """
 
     name: str = "synthetic"
@@ -131,7 +162,8 @@ class DataConfig:
     test: Optional[str] = None
     hub_id: str = "databricks/databricks-dolly-15k"
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
-    template: str = "minillm"
+    template: Template = Template.minillm
+    on_bad_rows: OnBadRows = OnBadRows.fail
     max_prompt_tokens: int = 256
     max_total_tokens: int = 512
     max_train_rows: Optional[int] = None
@@ -157,6 +189,13 @@ class TokenWeights(str, Enum):
     uniform = "uniform"  # no token weights
 
 
+class LayerMapKind(Choice):
+    reference = "reference"  # the model pair's own map (model.teacher_layers / model.student_layers)
+    explicit = "explicit"  # layer_map.teacher / layer_map.student lists
+    uniform = "uniform"  # num_pairs pairs spread evenly over both depths
+    last = "last"  # the last layer of each model
+
+
 @dataclass
 class LayerMapConfig:
     """Which teacher/student ``hidden_states`` are aligned (0 = embeddings, n = last layer).
@@ -167,7 +206,7 @@ class LayerMapConfig:
     The first ``word_pairs`` pairs are word level, the others phrase level (reference: 1).
     """
 
-    kind: str = "reference"
+    kind: LayerMapKind = LayerMapKind.reference
     teacher: list[int] = field(default_factory=list)
     student: list[int] = field(default_factory=list)
     num_pairs: Optional[int] = None
@@ -175,6 +214,14 @@ class LayerMapConfig:
 
 
 # ----------------------------------------------------------------------------- training
+class Schedule(Choice):
+    """The learning-rate schedule after the linear warmup (``transformers.get_scheduler``)."""
+
+    cosine = "cosine"
+    constant = "constant"
+    linear = "linear"
+
+
 @dataclass
 class OptimConfig:
     lr: float = 5e-4
@@ -183,7 +230,7 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
-    schedule: str = "cosine"  # cosine | constant | linear
+    schedule: Schedule = Schedule.cosine
     projector_lr: Optional[float] = None
 
 
@@ -207,6 +254,31 @@ class TrainerConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# ----------------------------------------------------------------------------- evaluate
+class EvalDType(Choice):
+    """``python -m distillkit.evaluate dtype=...``: the weights' dtype (auto: bf16 on a GPU that has it)."""
+
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+@dataclass
+class EvaluateConfig:
+    """The top level of ``conf/evaluate.yaml`` (``python -m distillkit.evaluate``): a typo or a bad
+    ``dtype`` fails at compose time. ``eval`` is the protocol group (``_target_`` EvalProtocol)."""
+
+    model_path: str = MISSING
+    tokenizer_path: Optional[str] = None
+    data_root: Optional[str] = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (checked before loading)
+    dtype: EvalDType = EvalDType.auto
+    out_dir: Optional[str] = None
+    batch_size: Optional[int] = None
+    eval: Any = None
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     # Schemas live in their own groups (``schema/<group>``) so they never show up as options of
@@ -215,11 +287,54 @@ def register_configs() -> None:
     cs.store(group="schema/data", name="data", node=DataConfig)
     cs.store(group="schema/trainer", name="trainer", node=TrainerConfig)
     cs.store(group="schema/layer_map", name="layer_map", node=LayerMapConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
 
 
 def value(x: Any) -> Any:
     """The plain value of an enum config field (OmegaConf hands enum members back)."""
     return x.value if isinstance(x, Enum) else x
+
+
+# ----------------------------------------------------------------------------- resolvers
+#: top-level keys left out of the config a logger records: Hydra's own node, and the logger's
+#: node itself (it holds the interpolation that produces this config)
+_NOT_RECORDED = ("hydra", "logger")
+
+
+def run_config(*, _root_: Any) -> dict[str, Any]:
+    """``${distillkit.run_config:}``: the whole composed config, resolved, as plain values (enums
+    as their names), without ``hydra`` and ``logger``: what a logger records as the run's config."""
+    out: dict[str, Any] = {}
+    for key in _root_:
+        if key in _NOT_RECORDED:
+            continue
+        node = _root_._get_node(key)
+        if OmegaConf.is_config(node):
+            out[key] = OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+        else:
+            got = _root_[key]
+            out[key] = got.value if isinstance(got, Enum) else got
+    return out
+
+
+def first_set(*choices: Any) -> Any:
+    """``${distillkit.first_set:a,b,...}``: the first choice that is neither null nor empty."""
+    return next((c for c in choices if c not in (None, "")), None)
+
+
+def join_name(*parts: Any) -> str:
+    """``${distillkit.join_name:a,b,...}``: the non-empty parts joined with ``-`` (a run name from a
+    fixed stem and, say, Hydra's ``job.override_dirname`` which is empty for a single run)."""
+    return "-".join(str(p) for p in parts if p not in (None, ""))
+
+
+for _name, _fn in (
+    ("distillkit.run_config", run_config),
+    ("distillkit.join_name", join_name),
+    ("distillkit.first_set", first_set),
+):
+    if not OmegaConf.has_resolver(_name):
+        OmegaConf.register_new_resolver(_name, _fn)
 
 
 register_configs()

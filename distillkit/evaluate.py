@@ -13,7 +13,9 @@
   (they are pickles).
 
 Writes ``<out_dir>/eval_results.json`` (atomically) and ``<out_dir>/predictions/<set>.jsonl``, and
-prints a table. ``out_dir`` defaults to the Hydra run folder.
+prints a table. ``out_dir`` is also Hydra's run folder (its ``.hydra/`` and log go there); without it,
+``outputs/evaluate/<date>/<time>/``. A user error (a missing model or data folder, a bad choice)
+prints one line and exits 1 (``HYDRA_FULL_ERROR=1``: the traceback).
 """
 
 from __future__ import annotations
@@ -25,10 +27,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from distillkit.config import EvalDType  # importing it registers the structured configs
+from distillkit.errors import ConfigError, DataError, ModelLoadError
 from distillkit.eval.protocol import protocol_from_config
+from distillkit.models.depth import check_model_path
 from distillkit.utils.io import atomic_write_json
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = tuple(d.value for d in EvalDType)
 DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
 STUDENT_PREFIX = "student."
 
@@ -41,17 +46,18 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but CUDA is not available here; valid: {', '.join(DEVICES)}")
+        raise ConfigError(f"device={device!r} but CUDA is not available here; valid: {', '.join(DEVICES)}")
     if not (device in ("cpu", "mps") or device.startswith("cuda")):
-        raise ValueError(f"Unknown device {device!r}; valid: {', '.join(DEVICES)}")
+        raise ConfigError(f"Unknown device {device!r}; valid: {', '.join(DEVICES)}")
     return device
 
 
 def _torch_dtype(dtype: str, device: str) -> Any:
     import torch
 
+    dtype = str(dtype)
     if dtype not in DTYPES:
-        raise ValueError(f"Unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
+        raise ConfigError(f"Unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
     if dtype == "auto":  # bf16 on a GPU that has it, else fp32 (generation also autocasts on CUDA)
         bf16 = device.startswith("cuda") and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if bf16 else torch.float32
@@ -64,7 +70,7 @@ def exported_student_dir(ckpt: Path) -> Path:
     for folder in candidates:
         if (folder / "config.json").is_file():
             return folder
-    raise FileNotFoundError(
+    raise ModelLoadError(
         f"{ckpt} is a Lightning checkpoint, but no exported HF student was found at "
         f"{' or '.join(str(c) for c in candidates)}; export the student (run with export=true) "
         "or pass model_path=<an HF model folder>."
@@ -87,7 +93,7 @@ def student_state_dict(checkpoint: dict[str, Any], model_keys: set[str]) -> dict
                 prefixes[key[: len(key) - len(model_key)]] += 1
     if not prefixes:
         sample = list(state)[:5]
-        raise ValueError(
+        raise ModelLoadError(
             f"The checkpoint has no '{STUDENT_PREFIX}*' weights matching the exported model (first keys: {sample})."
         )
     prefix = prefixes.most_common(1)[0][0]
@@ -101,11 +107,11 @@ def load_model(model_path: str | Path, device: str, dtype: str = "auto") -> tupl
 
     path = Path(model_path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"model_path {str(path)!r} does not exist (an HF model folder or a .ckpt).")
+        raise ModelLoadError(f"model_path {str(path)!r} does not exist (an HF model folder or a .ckpt).")
     torch_dtype = _torch_dtype(dtype, device)
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(
+            raise ModelLoadError(
                 f"model_path {str(path)!r} is a folder without config.json: not an HF model folder."
             )
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype)
@@ -118,12 +124,12 @@ def load_model(model_path: str | Path, device: str, dtype: str = "auto") -> tupl
         missing, unexpected = model.load_state_dict(weights, strict=False)
         tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
         if set(missing) - tied or unexpected:
-            raise ValueError(
+            raise ModelLoadError(
                 f"{path}: the student weights do not fit {hf_dir}: missing {sorted(set(missing) - tied)[:5]}, "
                 f"unexpected {sorted(unexpected)[:5]}."
             )
     else:
-        raise ValueError(
+        raise ModelLoadError(
             f"model_path {str(path)!r} is a file but not a .ckpt; give an HF model folder or a .ckpt."
         )
     return model.to(device).eval(), hf_dir
@@ -188,29 +194,40 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
     from distillkit.eval import evaluate
 
     if OmegaConf.is_missing(cfg, "model_path") or not cfg.get("model_path"):
-        raise ValueError(
+        raise ConfigError(
             "Give model_path=<an HF model folder or a .ckpt> (python -m distillkit.evaluate model_path=...)."
         )
-    protocol = protocol_from_config(cfg.eval)
+    try:
+        protocol = protocol_from_config(cfg.eval)
+    except ValueError as err:  # EvalProtocol names the bad field and its valid range
+        raise ConfigError(str(err)) from err
     if protocol is None:
-        raise ValueError("eval=none: there is nothing to evaluate; pick eval=dskd|mta|smoke|dev.")
+        raise ConfigError("eval=none: there is nothing to evaluate; pick eval=dskd|mta|smoke|dev.")
     if cfg.get("batch_size"):
         protocol = protocol.replace(batch_size=int(cfg.batch_size))
     model_path = Path(str(cfg.model_path)).expanduser()
     if not model_path.exists():
-        raise FileNotFoundError(
+        raise ModelLoadError(
             f"model_path {str(model_path)!r} does not exist (an HF model folder or a .ckpt)."
         )
     if not cfg.get("data_root"):
-        raise FileNotFoundError("No data root: pass data_root=PATH or set $DISTILLKIT_DATA_ROOT.")
+        raise DataError("No data root: pass data_root=PATH or set $DISTILLKIT_DATA_ROOT.")
     data_root = Path(str(cfg.data_root)).expanduser()
     if not data_root.is_dir():
-        raise FileNotFoundError(f"data_root {str(data_root)!r} is not a folder.")
+        raise DataError(f"data_root {str(data_root)!r} is not a folder.")
     device = resolve_device(str(cfg.get("device", "auto")))
 
-    model, hf_dir = load_model(model_path, device, str(cfg.get("dtype", "auto")))
-    tokenizer_path = Path(str(cfg.tokenizer_path)).expanduser() if cfg.get("tokenizer_path") else hf_dir
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+    dtype = str(cfg.get("dtype", "auto"))
+    _torch_dtype(dtype, device)  # a bad dtype fails before the weights load
+    tokenizer_path = Path(str(cfg.tokenizer_path)).expanduser() if cfg.get("tokenizer_path") else None
+    if tokenizer_path is not None:
+        check_model_path(str(cfg.tokenizer_path), "tokenizer_path", "tokenizer")
+    model, hf_dir = load_model(model_path, device, dtype)
+    tokenizer_path = tokenizer_path or hf_dir
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_path))
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"Could not load the tokenizer from {str(tokenizer_path)!r}: {err}") from err
     out_dir = Path(out_dir)
     trained = training_template(hf_dir)  # the template the model was trained with, unless eval.template
     template, source = trained if trained is not None else (None, "default")
@@ -241,8 +258,18 @@ def run_evaluation(cfg: DictConfig, out_dir: str | Path) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
+    from distillkit.errors import reported
+    from distillkit.utils.logs import quiet_logging
+
+    quiet_logging()
     out_dir = cfg.get("out_dir") or HydraConfig.get().runtime.output_dir
-    run_evaluation(cfg, out_dir)
+    try:
+        run_evaluation(cfg, out_dir)
+    except Exception as err:  # a user error as one line; anything else keeps its traceback
+        out = reported(err)
+        if out is err:
+            raise
+        raise out from err
 
 
 if __name__ == "__main__":

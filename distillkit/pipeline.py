@@ -19,8 +19,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from distillkit.callbacks.run_state import TRAIN_CONFIG_JSON, RunState
+from distillkit.checks import validate  # noqa: F401  (the checks before any loading; re-exported)
 from distillkit.config import value
 from distillkit.data.datamodule import DistillDataModule
+from distillkit.errors import ConfigError  # noqa: F401  (re-exported)
 from distillkit.methods.base import Method, MethodSetupError
 from distillkit.methods.sft import SFT
 from distillkit.models.pair import LoadedModel, export_student, load_model, load_tokenizer, same_vocabulary
@@ -28,32 +30,6 @@ from distillkit.module import DistillModule
 from distillkit.utils.io import atomic_write_json, cache_dir, locked, sha256_file, stable_hash
 
 log = logging.getLogger("distillkit")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work; raised before anything expensive."""
-
-
-# ----------------------------------------------------------------------------- checks
-def validate(cfg: DictConfig) -> None:
-    stage = str(cfg.stage)
-    if stage not in ("distill", "teacher_sft"):
-        raise ConfigError(f"stage={stage!r}; valid: distill, teacher_sft")
-    resume = str(cfg.resume)
-    if resume not in ("auto", "never") and not Path(resume).is_file():
-        raise ConfigError(f"resume={resume!r} is neither auto, never nor an existing checkpoint file")
-    if stage == "distill" and not cfg.model.student.path and value(cfg.model.student.init) != "random":
-        raise ConfigError(
-            "model.student.path is empty: give an HF id or local folder, or model.student.init=random"
-        )
-    lm = cfg.get("layer_map")
-    if lm is not None and lm.kind == "explicit":
-        missing = [k for k in ("teacher", "student") if OmegaConf.is_missing(lm, k) or not lm[k]]
-        if missing:
-            raise ConfigError(
-                f"layer_map=explicit needs {', '.join(f'layer_map.{k}=[...]' for k in missing)} "
-                "(hidden_states indices, 0 = embeddings); or use layer_map=reference, uniform or last"
-            )
 
 
 def build_method(cfg: DictConfig) -> Method:
@@ -172,12 +148,22 @@ def ensure_sft_teacher(cfg: DictConfig) -> Path:
             return root
         log.info("training the %s teacher (SFT, cached at %s)", cfg.model.name, root)
         tcfg = teacher_sft_config(cfg)
-        train(tcfg, out_dir=root.with_name(root.name + ".work"), export_to=root, with_callbacks=False)
+        work = root.with_name(root.name + ".work")
+        train(tcfg, out_dir=work, export_to=root, with_callbacks=False)
+        remove_work_dir(work)
         atomic_write_json(
             root / TEACHER_RECORD,
             {"key": sft_teacher_key(cfg), "inputs": sft_teacher_inputs(cfg), "files": weight_hashes(root)},
         )
     return root
+
+
+def remove_work_dir(work: Path) -> None:
+    """After a successful teacher SFT only the exported teacher stays in the cache: its scratch
+    folder (``<entry>.work``, empty or holding Lightning's leftovers) goes."""
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- trainer
@@ -405,13 +391,9 @@ def train(
     L.seed_everything(int(cfg.seed), workers=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = str(cfg.stage)
-    # on-policy data (distillkit.data.onpolicy): distillation only; its settings checked before any loading
+    # on-policy data (distillkit.data.onpolicy): distillation only; its settings were checked by validate
     onpolicy = cfg.get("onpolicy")
     use_onpolicy = stage == "distill" and onpolicy is not None and bool(onpolicy.enabled)
-    if use_onpolicy:
-        from distillkit.data.onpolicy import check_settings
-
-        check_settings(**OmegaConf.to_container(onpolicy, resolve=True))
     # stage=teacher_sft fine-tunes the teacher alone: always plain SFT, whatever method is configured
     method = Method(SFT(), kd_rate=0.0) if stage == "teacher_sft" else build_method(cfg)
 

@@ -86,6 +86,12 @@ def restore_best(result: dict[str, Any]) -> str | None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
+    from distillkit.checks import validate
+
+    validate(cfg)  # before the heavy imports below (torch, Lightning): a bad value fails in seconds
+    from distillkit.utils.logs import quiet_logging
+
+    quiet_logging()  # one console line per event (imports Lightning)
     from distillkit.callbacks.ablation_logging import log_evaluation
     from distillkit.models.pair import export_student
     from distillkit.pipeline import provenance, train
@@ -174,7 +180,20 @@ def print_summary(results: dict[str, Any], out_dir: Path) -> None:
     table.add_row("steps", str(results["steps"]))
     table.add_row("train time (s)", f"{results['train_seconds']:.1f}")
     table.add_row("results", str(out_dir / "results.json"))
-    Console(stderr=False).print(table)
+    Console(stderr=False, width=summary_width(table)).print(table)
+
+
+def summary_width(table: Any, minimum: int = 80) -> int:
+    """A console width that fits every cell of the two-column ``table`` on one line: rich cuts cells
+    to the console width (80 columns without a terminal), which cut the results path."""
+    from rich.console import Console
+
+    cells = [[str(c) for c in col.cells] for col in table.columns]
+    widest = [
+        max([len(str(col.header))] + [len(c) for c in cells_]) for col, cells_ in zip(table.columns, cells)
+    ]
+    needed = sum(widest) + 3 * len(widest) + 1  # borders and one space of padding each side
+    return max(minimum, needed, Console().width)
 
 
 def templates_used(cfg: DictConfig, trainer: Any, evaluation: dict[str, Any] | None) -> dict[str, Any]:
@@ -273,7 +292,7 @@ def _task(cfg: DictConfig) -> float | None:
     except BaseException as err:
         # a failing job of a multirun is recorded in its folder; Hydra goes on with the others
         _record_failure(cfg, err)
-        raise
+        _raise_for_hydra(err)
     finally:
         if "wandb" in sys.modules:
             import wandb
@@ -283,6 +302,17 @@ def _task(cfg: DictConfig) -> float | None:
     metric = cfg.get("optimized_metric")
     value = (results.get("metrics") or {}).get(metric) if metric else None
     return float(value) if value is not None else None
+
+
+def _raise_for_hydra(err: BaseException) -> None:
+    """Re-raise ``err`` for Hydra: a user error (:mod:`distillkit.errors`) as one line without a
+    traceback (exit status 1; ``HYDRA_FULL_ERROR=1`` shows the traceback), anything else as is."""
+    from distillkit.errors import reported
+
+    out = reported(err)
+    if out is err:
+        raise err
+    raise out from err
 
 
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")

@@ -11,6 +11,7 @@ from distillkit.data.datamodule import DistillDataModule, EpochSeededSampler, co
 from distillkit.data.encode import encode
 from distillkit.data.sources import load_splits, validate_row
 from distillkit.data.template import format_prompt
+from distillkit.errors import DataError
 from tests.helpers import compose_cfg
 
 
@@ -103,8 +104,51 @@ def test_length_filter_takes_the_max_over_both_tokenizers(tmp_path, gpt2_tokeniz
 
 def test_missing_files_give_a_clear_error(tmp_path):
     cfg = compose_cfg(["data=dolly", f"data.root={tmp_path}"]).data
-    with pytest.raises(FileNotFoundError, match="data.train='dolly/train.part\\*.jsonl' matches no file"):
+    with pytest.raises(DataError, match="data.train='dolly/train.part\\*.jsonl' matches no file"):
         load_splits(cfg)
+
+
+def _with_bad_json_lines(tmp_path):
+    """A train file whose lines 2 and 5 are not JSON (a truncated row, a stray word) and a clean dev file."""
+    rows = [json.dumps({"instruction": f"Say {i}.", "output": f"number {i}"}) for i in range(4)]
+    lines = [rows[0], '{"instruction": "cut off", "outp', rows[1], "", "oops", rows[2], rows[3]]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n")
+    _write(tmp_path / "dev.jsonl", [{"instruction": "Hi.", "output": "Hello."}])
+    return [
+        "data=dolly",
+        f"data.root={tmp_path}",
+        "data.train=train.jsonl",
+        "data.dev=dev.jsonl",
+        "data.test=null",
+    ]
+
+
+def test_a_line_that_is_not_json_fails_naming_file_and_line_by_default(tmp_path):
+    cfg = compose_cfg(_with_bad_json_lines(tmp_path)).data
+    assert str(cfg.on_bad_rows) == "fail"
+    with pytest.raises(DataError, match=r"train\.jsonl:2: not valid JSON .*data\.on_bad_rows=skip"):
+        load_splits(cfg)
+
+
+def test_on_bad_rows_skip_drops_and_counts_the_lines(tmp_path, caplog):
+    cfg = compose_cfg(_with_bad_json_lines(tmp_path) + ["data.on_bad_rows=skip"]).data
+    with caplog.at_level("WARNING", logger="distillkit"):
+        splits, report = load_splits(cfg)
+    assert [r["instruction"] for r in splits["train"]] == [f"Say {i}." for i in range(4)]
+    assert report.dropped["train"] == {"bad_json": 2}  # the blank line 4 is not a row, not counted
+    assert report.as_dict()["bad_lines"] == {"train": ["train.jsonl:2", "train.jsonl:5"]}
+    assert any(
+        "skipped 2 line(s)" in r.getMessage() and "lines 2, 5" in r.getMessage() for r in caplog.records
+    )
+
+
+def test_on_bad_rows_is_a_closed_choice():
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        compose_cfg(["data.on_bad_rows=ignore"])
+    text = str(err.value) + str(err.value.__cause__)
+    assert "fail" in text and "skip" in text
 
 
 def test_real_dolly_rows_load(data_root):

@@ -13,6 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from distillkit.errors import ConfigError, DataError, ModelLoadError
 from distillkit.evaluate import load_model, run_evaluation, student_state_dict
 from distillkit.utils.io import read_jsonl
 
@@ -97,24 +98,35 @@ def test_a_ckpt_loads_the_student_weights_into_the_exported_model(setup, tmp_pat
 def test_ckpt_without_exported_student_is_a_clear_error(tmp_path):
     ckpt = tmp_path / "lone.ckpt"
     torch.save({"state_dict": {}}, ckpt)
-    with pytest.raises(FileNotFoundError, match="no exported HF student"):
+    with pytest.raises(ModelLoadError, match="no exported HF student"):
         load_model(ckpt, "cpu")
 
 
 def test_bad_inputs_fail_before_loading(setup, tmp_path):
     _, run, data = setup
-    with pytest.raises(FileNotFoundError, match="model_path .* does not exist"):
+    with pytest.raises(ModelLoadError, match="model_path .* does not exist"):
         run_evaluation(cfg_for(tmp_path / "nope", data), tmp_path / "o")
-    with pytest.raises(FileNotFoundError, match="data_root .* is not a folder"):
+    with pytest.raises(DataError, match="data_root .* is not a folder"):
         run_evaluation(cfg_for(run / "student", tmp_path / "nodata"), tmp_path / "o")
-    with pytest.raises(ValueError, match="nothing to evaluate"):
+    with pytest.raises(ConfigError, match="nothing to evaluate"):
         with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
             cfg = compose(
                 config_name="evaluate", overrides=[f"model_path={run}", "eval=none", f"data_root={data}"]
             )
         run_evaluation(cfg, tmp_path / "o")
-    with pytest.raises(ValueError, match="valid: auto, float32"):
+    with pytest.raises(ConfigError, match="valid: auto, float32"):
         load_model(run / "student", "cpu", "fp8")
+    with pytest.raises(ModelLoadError, match="tokenizer_path='/no/such/tok' is not a folder"):
+        run_evaluation(cfg_for(run / "student", data, "tokenizer_path=/no/such/tok"), tmp_path / "o")
+
+
+def test_dtype_is_a_closed_choice_at_compose_time(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException) as err:
+        cfg_for(tmp_path, tmp_path, "dtype=fp8")
+    text = str(err.value) + str(err.value.__cause__)
+    assert all(name in text for name in ("auto", "float32", "bfloat16", "float16"))
 
 
 def test_cli_reports_a_missing_model_path(tmp_path):
@@ -154,3 +166,33 @@ def test_a_run_students_evaluation_uses_the_runs_training_template(setup, tmp_pa
     (run / "results.json").unlink()  # a model no run exported: the papers' template
     outside = run_evaluation(cfg_for(run / "student", data), tmp_path / "c")
     assert (outside["eval"]["template"], outside["eval"]["template_source"]) == ("minillm", "default")
+
+
+def _evaluate_cli(tmp_path, *args, full_error=False):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("HYDRA_FULL_ERROR", None)
+    if full_error:
+        env["HYDRA_FULL_ERROR"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "distillkit.evaluate", *args],
+        cwd=tmp_path,  # so that a stray outputs/ folder would appear here
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+def test_cli_user_error_is_one_line_and_out_dir_is_the_only_folder(tmp_path):
+    """A missing model folder: one line naming it, exit 1, no traceback (HYDRA_FULL_ERROR=1 shows it);
+    with out_dir= set nothing is created under outputs/ (Hydra's files go into out_dir)."""
+    args = [f"model_path={tmp_path / 'absent'}", f"data_root={tmp_path}", f"out_dir={tmp_path / 'o'}"]
+    proc = _evaluate_cli(tmp_path, *args)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [ln for ln in proc.stderr.splitlines() if "ModelLoadError" in ln]
+    assert len(lines) == 1 and f"model_path {str(tmp_path / 'absent')!r} does not exist" in lines[0]
+    assert not (tmp_path / "outputs").exists()
+    assert (tmp_path / "o" / ".hydra" / "config.yaml").is_file()
+    full = _evaluate_cli(tmp_path, *args, full_error=True)
+    assert full.returncode != 0 and "Traceback" in full.stderr

@@ -248,3 +248,29 @@ def test_pool_spans_weight_gradient_is_the_same_for_both_impls():
         (centres.square().sum() + mass.sum()).backward()
         grads.append(weights.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("impl", ["index_add", "sparse"])
+def test_pool_spans_under_cpu_bf16_autocast_stays_float32_and_backpropagates(impl):
+    """Autocast must not reach the span sums: inside ``torch.autocast("cpu", bf16)`` the result and
+    the gradient equal the float32 computation on the same bf16 states (issue 13 item 5)."""
+    gen = torch.Generator().manual_seed(3)
+    m = collate_membership([[[0, 1, 2], [1, 3]], [[2], [0, 1, 2, 3]]], seq_len=4)
+    hidden = torch.randn(2, 4, 5, generator=gen).to(torch.bfloat16)
+    weights = torch.rand(2, 4, generator=gen)
+
+    def loss(h):
+        centres, mass = pool_spans(h, m, weights, impl=impl)
+        return centres, (centres.pow(2).sum(-1) * mass).sum()
+
+    h_ac = hidden.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        centres_ac, total_ac = loss(h_ac)
+    total_ac.backward()
+    h_ref = hidden.float().requires_grad_()
+    centres_ref, total_ref = loss(h_ref)
+    total_ref.backward()
+    assert centres_ac.dtype == torch.float32 and h_ac.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(centres_ac, centres_ref)
+    # the gradient reaches the bf16 states; equal to the float32 one up to bf16 rounding (1 ulp = 2^-8)
+    torch.testing.assert_close(h_ac.grad.float(), h_ref.grad, rtol=2**-7, atol=1e-3)

@@ -2,7 +2,9 @@
 
 At fit start the run's tags (method knobs, ``method.terms`` multipliers, ``tags.ablation``, the
 experiment name, the layer map) go to ``logger.log_hyperparams``; with W&B they also become the run's
-tags and group. After the final evaluation, :func:`log_evaluation` logs ROUGE-L per set as metrics
+tags and group. (The W&B run's config is the whole resolved run config, passed by
+``conf/logger/wandb.yaml`` through ``${distillkit.run_config:}``, and its name carries the job's
+overrides, so the jobs of a sweep are told apart.) After the final evaluation, :func:`log_evaluation` logs ROUGE-L per set as metrics
 and, with W&B, a table per set and a sample of the predictions. Works offline (W&B offline mode) and
 under Hydra multirun (``distillkit.run`` calls ``wandb.finish()`` at the end of every job).
 """
@@ -60,6 +62,7 @@ def log_evaluation(
         metrics["test/rougeL/avg"] = evaluation["avg"]
     for logger in _loggers(trainer):
         logger.log_metrics(metrics, step=trainer.global_step)
+        logger.save()  # after fit the loggers were finalized: write these rows too (metrics.csv)
         if not _is_wandb(logger):
             continue
         import wandb

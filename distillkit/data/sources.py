@@ -1,7 +1,10 @@
 """Where instruction rows come from: MiniLLM/DSKD jsonl files, the Dolly hub dataset, or synthetic.
 
 A row is ``{"instruction": str, "input": str (optional), "output": str | list[str]}``.
-Malformed rows (missing fields, empty output) are counted and reported, never crash a run.
+Malformed rows (missing fields, empty output) are counted and reported, never crash a run. A file
+line that is not JSON at all is reported with its file and line number; ``data.on_bad_rows``
+decides: ``fail`` (the default) stops before training, ``skip`` drops it and counts it as
+``dropped.<split>.bad_json`` (the line numbers in ``bad_lines``) in the data report.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from distillkit.config import value
+from distillkit.errors import DataError
 from distillkit.utils.io import data_root as resolve_data_root
 from distillkit.utils.io import read_jsonl
 
@@ -29,9 +33,14 @@ class SourceReport:
     files: dict[str, list[str]] = field(default_factory=dict)
     rows: dict[str, int] = field(default_factory=dict)
     dropped: dict[str, dict[str, int]] = field(default_factory=dict)
+    #: per split: ``"<file>:<line>"`` of the lines skipped as invalid JSON (the first 100)
+    bad_lines: dict[str, list[str]] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"files": self.files, "rows": self.rows, "dropped": self.dropped}
+        out: dict[str, Any] = {"files": self.files, "rows": self.rows, "dropped": self.dropped}
+        if self.bad_lines:
+            out["bad_lines"] = self.bad_lines
+        return out
 
 
 def validate_row(row: Any) -> str | None:
@@ -83,7 +92,7 @@ def load_splits(cfg: Any) -> tuple[dict[str, list[dict]], SourceReport]:
         raw = _dolly_hub_splits(cfg)
         report.files = {k: [f"hub:{cfg.hub_id}"] for k in raw}
     else:  # pragma: no cover - the enum rejects it at compose time
-        raise ValueError(f"data.source={source!r}; valid: synthetic, jsonl, dolly_hub")
+        raise DataError(f"data.source={source!r}; valid: synthetic, jsonl, dolly_hub")
     splits = {k: clean_rows(raw.get(k, []), k, report) for k in SPLITS}
     limits = {"train": cfg.max_train_rows, "dev": cfg.max_dev_rows}
     for split, limit in limits.items():
@@ -92,16 +101,14 @@ def load_splits(cfg: Any) -> tuple[dict[str, list[dict]], SourceReport]:
             splits[split] = rng.sample(splits[split], limit)
             report.rows[split] = limit
     if not splits["train"]:
-        raise ValueError(f"data={cfg.name}: the train split is empty (files: {report.files.get('train')}).")
+        raise DataError(f"data={cfg.name}: the train split is empty (files: {report.files.get('train')}).")
     return splits, report
 
 
 def _jsonl_splits(cfg: Any, report: SourceReport) -> dict[str, list[dict]]:
     root = Path(cfg.root) if cfg.root else resolve_data_root()
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"data.root={str(root)!r} is not a folder (set data.root or $DISTILLKIT_DATA_ROOT)."
-        )
+        raise DataError(f"data.root={str(root)!r} is not a folder (set data.root or $DISTILLKIT_DATA_ROOT).")
     out: dict[str, list[dict]] = {}
     for split in SPLITS:
         pattern = getattr(cfg, split)
@@ -109,14 +116,23 @@ def _jsonl_splits(cfg: Any, report: SourceReport) -> dict[str, list[dict]]:
             continue
         files = sorted(glob.glob(str(root / pattern)))
         if not files:
-            raise FileNotFoundError(
+            raise DataError(
                 f"data.{split}={pattern!r} matches no file under data.root={str(root)!r}; "
                 f"check data.root / $DISTILLKIT_DATA_ROOT or the glob."
             )
         report.files[split] = [str(Path(f).relative_to(root)) for f in files]
         rows: list[dict] = []
+        on_bad = value(cfg.get("on_bad_rows", "fail"))
         for f in files:
-            rows.extend(read_jsonl(f))
+            bad: list[int] = []
+            rows.extend(read_jsonl(f, on_bad_rows=on_bad, bad_lines=bad))
+            name = str(Path(f).relative_to(root))
+            if bad:
+                report.bad_lines.setdefault(split, []).extend(f"{name}:{n}" for n in bad)
+        if split in report.bad_lines:
+            total = len(report.bad_lines[split])
+            report.bad_lines[split] = report.bad_lines[split][:100]
+            report.dropped.setdefault(split, {})["bad_json"] = total
         out[split] = rows
     return out
 
@@ -128,7 +144,7 @@ def _dolly_hub_splits(cfg: Any) -> dict[str, list[dict]]:
 
         ds = datasets.load_dataset(cfg.hub_id, split="train")
     except Exception as err:  # offline, no cache, renamed dataset ...
-        raise RuntimeError(
+        raise DataError(
             f"Could not load {cfg.hub_id!r} through `datasets` ({type(err).__name__}: {err}). Offline, use "
             "data=dolly with data.root (or $DISTILLKIT_DATA_ROOT) pointing at a MiniLLM-layout data folder."
         ) from err

@@ -37,12 +37,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from distillkit.errors import MethodSetupError
 from distillkit.losses import cross_entropy
 from distillkit.types import Batch, ModelOutput, Needs
-
-
-class MethodSetupError(ValueError):
-    """The method cannot run on this model pair or config; raised before training starts."""
 
 
 def coerce_enums(obj: Any) -> None:

@@ -16,21 +16,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from distillkit.checks import TINY_PREFIX
 from distillkit.config import value
+from distillkit.errors import ModelLoadError
+from distillkit.models.depth import check_model_path
 from distillkit.utils.io import data_root as resolve_data_root
 from distillkit.utils.io import read_jsonl
 
-TINY_PREFIX = "tiny:"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # Normalized shrink overrides -> the attribute each family uses. HF configs map the standard
 # names (num_hidden_layers, hidden_size, num_attention_heads) through ``attribute_map`` already;
 # only the MLP width differs by family.
 _INTERMEDIATE_KEYS = ("n_inner", "ffn_dim", "intermediate_size")
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer could not be found or built; the message says which config key to set."""
 
 
 @dataclass
@@ -86,6 +84,7 @@ def load_tokenizer(spec: str | None, role: str, cache_root: str | None = None) -
     if spec.startswith(TINY_PREFIX):
         path = _tiny_tokenizer_path(spec, role, cache_root)
     else:
+        check_model_path(spec, f"model.{role}.tokenizer (or model.{role}.path)", "tokenizer")
         path = spec
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
@@ -143,6 +142,11 @@ def build_config(side: Any, tokenizer: Any, role: str) -> Any:
         )
     settings = dict(side.arch_config or {})
     settings.setdefault("vocab_size", len(tokenizer))
+    # the tokenizer's special ids go in with the vocabulary size, so the config never holds the
+    # family's defaults (GPT-2: 50256) against a small vocabulary, not even transiently (HF warns)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        if getattr(tokenizer, name, None) is not None:
+            settings.setdefault(name, getattr(tokenizer, name))
     try:
         config = AutoConfig.for_model(side.arch, **settings)
     except ValueError as err:
@@ -201,6 +205,7 @@ def load_model(
             raise ModelLoadError(
                 f"model.{role}.path is empty: give an HF id or a local folder, or set init=random."
             )
+        check_model_path(str(path), f"model.{role}.path")
         try:
             model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
         except (OSError, ValueError) as err:

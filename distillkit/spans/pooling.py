@@ -76,23 +76,27 @@ def pool_spans(
 
     if impl == "auto":
         impl = "sparse" if hidden.device.type == "cpu" else "index_add"
-    if impl == "sparse":
-        matrix = torch.sparse_coo_tensor(
-            torch.stack([span, tok]),
-            w,
-            (B * S, B * L),
-            dtype=dtype,
-            device=hidden.device,
-            check_invariants=False,
-        )
-        num = torch.sparse.mm(matrix, flat.to(dtype))
-    else:
-        gathered = flat.index_select(0, tok).to(dtype)  # (P, D)
-        num = torch.zeros(B * S, D, dtype=dtype, device=hidden.device).index_add_(
-            0, span, gathered * w[:, None]
-        )
-    mass = torch.zeros(B * S, dtype=dtype, device=hidden.device).index_add_(0, span, w)
-    centres = num / mass.clamp_min(eps)[:, None]
+    # The span sums stay in ``dtype`` (float32) inside a bf16/fp16 autocast region too: autocast
+    # would recast the sparse product's dense operand to bf16, and the CPU sparse backward then
+    # fails ("expected scalar type Float but found BFloat16"); bf16 sums also lose too much.
+    with torch.autocast(device_type=hidden.device.type, enabled=False):
+        if impl == "sparse":
+            matrix = torch.sparse_coo_tensor(
+                torch.stack([span, tok]),
+                w,
+                (B * S, B * L),
+                dtype=dtype,
+                device=hidden.device,
+                check_invariants=False,
+            )
+            num = torch.sparse.mm(matrix, flat.to(dtype))
+        else:
+            gathered = flat.index_select(0, tok).to(dtype)  # (P, D)
+            num = torch.zeros(B * S, D, dtype=dtype, device=hidden.device).index_add_(
+                0, span, gathered * w[:, None]
+            )
+        mass = torch.zeros(B * S, dtype=dtype, device=hidden.device).index_add_(0, span, w)
+        centres = num / mass.clamp_min(eps)[:, None]
     return centres.view(B, S, D), mass.view(B, S)
 
 
