@@ -14,7 +14,6 @@ from typing import Any, Optional
 from distillkit.config import Divergence, value
 from distillkit.losses import get_divergence
 from distillkit.methods.base import MethodSetupError, Objective, ObjectiveConfig
-from distillkit.models.pair import same_vocabulary
 
 
 @dataclass
@@ -41,6 +40,8 @@ class KD(Objective):
         self.divergence_fn = get_divergence(value(self.cfg.divergence))
 
     def check_tokenizers(self, teacher_tokenizer, student_tokenizer) -> None:
+        from distillkit.models.pair import same_vocabulary  # (pair imports the config, which imports us)
+
         if not same_vocabulary(teacher_tokenizer, student_tokenizer):
             raise MethodSetupError(
                 f"the {self.name} base objective compares the two models' distributions token by token and "
