@@ -147,10 +147,13 @@ def test_resume_refuses_a_checkpoint_of_another_training_config_before_loading_a
     assert changed == ["method.divergence: 'fkl' -> 'rkl'", "trainer.optim.lr: 0.002 -> 0.0001"]
     for way_out in ("hydra.run.dir=", "resume=never", "resume_accept_changes=true"):
         assert way_out in msg
+    from distillkit.errors import ReportedUserError
     from distillkit.run import _task
 
-    with pytest.raises(ResumeMismatchError):  # the folder stays as its run left it: no FAILED
+    # the entry point reports it as one line; the folder stays as its run left it: no FAILED
+    with pytest.raises(ReportedUserError) as reported:
         _task(compose_cfg(first + ["method.divergence=rkl"], tmp_path))
+    assert isinstance(reported.value.__cause__, ResumeMismatchError)
     assert not (tmp_path / "FAILED").exists()
 
     # without train_config.json the record is read from the checkpoint itself
