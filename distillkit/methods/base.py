@@ -260,13 +260,23 @@ def method_schema(cls: type[Objective], name: str, kd_rate: float = 0.5) -> type
     ]
     if cls.kind == "aux":
         extra.append(("base", Any, field(default=None)))
-    return make_dataclass(f"{cls.__name__}MethodSchema", extra, bases=(cls.Config,))
+    return _picklable(make_dataclass(f"{cls.__name__}MethodSchema", extra, bases=(cls.Config,)), cls)
 
 
 def base_schema(cls: type[Objective]) -> type:
     """The Hydra schema of a ``method/base=<name>`` option: the base objective's knobs + ``_target_``."""
     extra = [("_target_", str, field(default=f"{cls.__module__}.{cls.__qualname__}"))]
-    return make_dataclass(f"{cls.__name__}BaseSchema", extra, bases=(cls.Config,))
+    return _picklable(make_dataclass(f"{cls.__name__}BaseSchema", extra, bases=(cls.Config,)), cls)
+
+
+def _picklable(schema: type, cls: type) -> type:
+    """Give a generated schema a home in its objective's module, so configs typed by it pickle
+    (``ddp_spawn`` pickles the module, and with it every DictConfig it holds)."""
+    import sys
+
+    schema.__module__ = cls.__module__
+    setattr(sys.modules[cls.__module__], schema.__name__, schema)
+    return schema
 
 
 def zero_like_graph(x: Tensor) -> Tensor:
