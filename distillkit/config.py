@@ -116,6 +116,9 @@ class ModelPairConfig:
     # the reference layer mapping of this pair (MTA §2.4): teacher / student hidden_states indices
     teacher_layers: list[int] = field(default_factory=list)
     student_layers: list[int] = field(default_factory=list)
+    # the pair's SRA layer map (ctkd.md §2.5; empty: the last layer of each model)
+    sra_teacher_layers: list[int] = field(default_factory=list)
+    sra_student_layers: list[int] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- data

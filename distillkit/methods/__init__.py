@@ -14,12 +14,14 @@ from distillkit.methods.base import Method, MethodSetupError, Objective, base_sc
 from distillkit.methods.kd import KD
 from distillkit.methods.mta import MTA
 from distillkit.methods.sft import SFT
+from distillkit.methods.sra import SRA
 
 #: name -> (objective class, the kd_rate of its `method=<name>` preset)
 OBJECTIVES: dict[str, tuple[type[Objective], float]] = {
     "sft": (SFT, 0.0),
     "kd": (KD, 0.5),
     "mta": (MTA, 1.0),
+    "sra": (SRA, 0.5),
 }
 
 
