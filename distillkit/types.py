@@ -159,7 +159,8 @@ ATTENTION_FORMS = ("full", "last_real", "last_position")
 class Needs:
     """What the objectives ask of one model's forward (merged over the objectives of a method).
 
-    ``hidden_states`` are indices into HF ``hidden_states`` (0 = embeddings, ``n_layers`` = last).
+    ``hidden_states`` are indices into HF ``hidden_states`` (0 = embeddings, ``n_layers`` = last; ``-1``
+    also names the last, for objectives that need it before the models' depths are known).
     ``attentions`` are 0-based layers whose full ``(B, H, L, L)`` maps are kept; ``attention_rows``
     layers of which only one query row per sample ``(B, H, L)`` is kept: the last real token's
     (``attention_query="last_real"``) or the last padded position's (``"last_position"``). Only the named

@@ -11,10 +11,15 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 
 from distillkit.methods.base import Method, MethodSetupError, Objective, base_schema, method_schema
+from distillkit.methods.dskd import DSKD, DSKDCMA
+from distillkit.methods.dskdv2_eta import DSKDv2ETA
 from distillkit.methods.kd import KD
+from distillkit.methods.mined import MinED
 from distillkit.methods.mta import MTA
+from distillkit.methods.multilevel_ot import MultiLevelOT
 from distillkit.methods.sft import SFT
 from distillkit.methods.sra import SRA
+from distillkit.methods.uld import ULD
 
 #: name -> (objective class, the kd_rate of its `method=<name>` preset)
 OBJECTIVES: dict[str, tuple[type[Objective], float]] = {
@@ -22,6 +27,13 @@ OBJECTIVES: dict[str, tuple[type[Objective], float]] = {
     "kd": (KD, 0.5),
     "mta": (MTA, 1.0),
     "sra": (SRA, 0.5),
+    # cross-tokenizer bases (ctkd.md §3): (1 - kd_rate)·CE + kd_rate·(their terms), DSKD's kd_rate 0.5
+    "uld": (ULD, 0.5),
+    "mined": (MinED, 0.5),
+    "dskd": (DSKD, 0.5),
+    "dskd_cma": (DSKDCMA, 0.5),
+    "dskdv2_eta": (DSKDv2ETA, 0.5),
+    "multilevel_ot": (MultiLevelOT, 0.5),
 }
 
 
