@@ -14,6 +14,8 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
+from distillkit.utils.optim import NoDecay
+
 
 class Divergence(str, Enum):
     fkl = "fkl"
@@ -185,6 +187,11 @@ class OptimConfig:
     warmup_ratio: float = 0.0
     schedule: str = "cosine"  # cosine | constant | linear
     projector_lr: Optional[float] = None
+    # student parameters exempt from weight decay (distillkit/utils/optim.py, docs/fidelity.md):
+    # norms_and_biases (DistiLLM/DSKD get_optimizer_params, by module type) | reference_names | none
+    no_decay: NoDecay = NoDecay.norms_and_biases
+    # the projectors' weight decay; null: the objective's own or the reference's choice (utils/optim.py)
+    projector_weight_decay: Optional[float] = None
 
 
 @dataclass
