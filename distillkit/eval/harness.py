@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from distillkit.data.encode import prompt_frame
 from distillkit.data.template import references as row_references
 from distillkit.eval.generate import generate_responses
 from distillkit.eval.protocol import EvalProtocol, load_protocol, row_prompt
@@ -90,22 +91,29 @@ def evaluate(
                 f"[eval {protocol.name}] {name}: MISSING ({path} not found); reported as missing, left out of avg"
             )
             continue
-        rows = load_eval_rows(path, protocol.max_prompts)
+        rows = load_eval_rows(path, protocol.prompt_cap(name))
         if not rows:
             set_results[name] = {"path": rel, "missing": True, "reason": "file is empty"}
             say(f"[eval {protocol.name}] {name}: MISSING ({path} is empty)")
             continue
         loaded[name] = rows
 
+    frame = prompt_frame(protocol.template, tokenizer)  # a chat template's control tokens stay control tokens
     for name, rows in loaded.items():
         prompts = [row_prompt(row, protocol.template, tokenizer) for row in rows]
-        refs = [row_references(row) for row in rows]
+        refs = [protocol.row_references(row_references(row)) for row in rows]
         seed_scores: dict[str, float] = {}
         prediction_lines: list[str] = []
         for seed in protocol.seeds:
             start = time.perf_counter()
             generations = generate_responses(
-                model, tokenizer, prompts, seed=seed, device=device, **protocol.generation_kwargs()
+                model,
+                tokenizer,
+                prompts,
+                seed=seed,
+                device=device,
+                frame=frame,
+                **protocol.generation_kwargs(),
             )
             scores = [rouge_l(g, r) for g, r in zip(generations, refs)]
             seed_scores[str(seed)] = statistics.fmean(scores)
@@ -125,6 +133,7 @@ def evaluate(
             "path": protocol.sets[name],
             "missing": False,
             "n_prompts": len(prompts),
+            "prompt_cap": protocol.prompt_cap(name),
             "seeds": seed_scores,
             "n_seeds": len(seed_scores),
             "mean": mean,
