@@ -2,6 +2,8 @@
 
 A cheap protocol: the first ``max_prompts`` dev rows, one generation seed (greedy by default).
 Logs ``val/rougeL`` so ``ModelCheckpoint(monitor="val/rougeL", mode="max")`` keeps the best.
+The prompts use the template the student trains on (the datamodule's ``data.template``) unless
+``template`` is given (``callbacks.dev_rouge.template=...``); :attr:`DevRouge.used_template` says which.
 
 ``select_on_test_split_UNSAFE=True`` scores the data's TEST split instead of its dev split: the SRA
 authors' selection (``wind123mountain/SRE`` selects on ``dolly/valid.jsonl``, the Dolly test split of the
@@ -19,7 +21,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-
 TEST_SELECTION_WARNING = (
     "UNSAFE: callbacks.dev_rouge.select_on_test_split_UNSAFE=true: checkpoints are selected by ROUGE-L on "
     "the TEST split (the SRA authors' protocol); the test scores of this run are optimistic and not "
@@ -35,18 +36,37 @@ class DevRouge(L.Callback):
         do_sample: bool = False,
         seed: int = 10,
         batch_size: int = 32,
-        template: str = "minillm",
+        template: str | None = None,
         select_on_test_split_UNSAFE: bool = False,  # noqa: N803 - the name is meant to shout
     ):
+        from distillkit.data.template import TEMPLATES
+
+        if template is not None and template not in TEMPLATES:
+            raise ValueError(
+                f"callbacks.dev_rouge.template={template!r}; valid: {', '.join(TEMPLATES)} "
+                "or null (the training data's template)"
+            )
         self.max_prompts, self.max_new_tokens = max_prompts, max_new_tokens
         self.do_sample, self.seed, self.batch_size, self.template = do_sample, seed, batch_size, template
+        #: the template the last scoring used (``None`` until it ran)
+        self.used_template: str | None = None
         if not isinstance(select_on_test_split_UNSAFE, bool):
             raise ValueError(
-                f"callbacks.dev_rouge.select_on_test_split_UNSAFE={select_on_test_split_UNSAFE!r}; must be true or false"
+                f"callbacks.dev_rouge.select_on_test_split_UNSAFE={select_on_test_split_UNSAFE!r}; "
+                "must be true or false"
             )
+        #: the split scored: ``dev``, or ``test`` under ``select_on_test_split_UNSAFE``
         self.split = "test" if select_on_test_split_UNSAFE else "dev"
         if self.split == "test":
             log.warning(TEST_SELECTION_WARNING)
+
+    def resolve_template(self, data_cfg: Any) -> str:
+        """``template`` when set, else the training data's (``data.template``)."""
+        from distillkit.config import value
+
+        if self.template is not None:
+            return self.template
+        return str(value(data_cfg.template))
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -68,7 +88,11 @@ class DevRouge(L.Callback):
         from distillkit.eval.protocol import row_prompt
         from distillkit.eval.rouge import rouge_l
 
-        prompts = [row_prompt(r, self.template, tokenizer) for r in rows]
+        template = self.resolve_template(data_cfg)
+        if template != self.used_template:
+            log.info("dev ROUGE-L prompts use template %r", template)
+            self.used_template = template
+        prompts = [row_prompt(r, template, tokenizer) for r in rows]
         outputs = generate_responses(
             model,
             tokenizer,

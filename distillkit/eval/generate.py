@@ -85,6 +85,16 @@ def stop_token_id(tokenizer: Any, stop: str) -> int:
     return int(ids[0])
 
 
+def auto_frame(tokenizer: Any) -> Any:
+    """The frame of ``tokenizer``'s own chat template (``None`` without one): a prompt rendered with it
+    keeps its control tokens, any other prompt does not match the frame and is tokenized as text."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    from distillkit.data.encode import prompt_frame
+
+    return prompt_frame("chat", tokenizer)
+
+
 def encode_prompts(
     tokenizer: Any, prompts: Sequence[str], *, add_special_tokens: bool = False, frame: Any = None
 ) -> list[list[int]]:
@@ -171,7 +181,7 @@ def generate_responses(
     progress: Callable[[int, int], None] | None = None,
     stop_rule: str = "string",
     keep_stop: bool = False,
-    frame: Any = None,
+    frame: Any = "auto",
 ) -> list[str]:
     """Generate one response per prompt, returned in the order of ``prompts``.
 
@@ -179,7 +189,9 @@ def generate_responses(
     modified: a tokenizer without a pad token (GPT-2) pads with EOS here only. Prompts are tokenized
     without special tokens, as DSKD's evaluation does (``add_special_tokens=True`` adds e.g. LLaMA's
     BOS). ``progress(done, total)`` is called after each batch. ``stop_rule``/``keep_stop``: see the
-    module docstring; ``frame``: the template's control tokens (:func:`encode_prompts`).
+    module docstring; ``frame``: the template's control tokens (:func:`encode_prompts`); ``"auto"``: the
+    tokenizer's own chat template, applied to the prompts it frames (prompts rendered with
+    ``data.template=chat`` for this tokenizer), every other prompt tokenized as text.
     """
     if stop_rule not in STOP_RULES:
         raise ValueError(f"stop_rule={stop_rule!r}; valid: {', '.join(STOP_RULES)}")
@@ -197,6 +209,8 @@ def generate_responses(
     if not prompts:
         return []
 
+    if frame == "auto":
+        frame = auto_frame(tokenizer)
     ids = encode_prompts(tokenizer, prompts, add_special_tokens=add_special_tokens, frame=frame)
     ids = [row[:max_prompt_tokens] for row in ids]  # keep the FIRST tokens, as DSKD and MTA do
     empty = [i for i, row in enumerate(ids) if not row]

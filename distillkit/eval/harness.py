@@ -25,10 +25,9 @@ from typing import Any
 
 import torch
 
-from distillkit.data.encode import prompt_frame
 from distillkit.data.template import references as row_references
 from distillkit.eval.generate import generate_responses
-from distillkit.eval.protocol import EvalProtocol, load_protocol, row_prompt
+from distillkit.eval.protocol import EvalProtocol, load_protocol, resolve_template, row_prompt
 from distillkit.eval.rouge import rouge_l
 from distillkit.utils.io import atomic_write_text, read_jsonl
 
@@ -60,10 +59,15 @@ def evaluate(
     device: str | torch.device | None = None,
     log: Callable[[str], Any] | None = print,
     sets: Mapping[str, str] | None = None,
+    template: str | None = None,
+    template_source: str = "caller",
 ) -> dict[str, Any]:
     """Generate and score every set of ``protocol`` (a protocol or the name of a ``conf/eval`` YAML).
 
     ``sets`` replaces the protocol's sets (name -> path relative to ``data_root``, or absolute).
+    Prompts use the protocol's ``template`` when it names one, else ``template`` (a training run passes
+    its ``data.template``, ``template_source`` says so), else MiniLLM's; the result records which
+    (``template``, ``template_source``). Each file read is hashed (``sets.<name>.sha256``).
     With ``out_dir``, predictions go to ``out_dir/predictions/<set>.jsonl`` (one line per seed and
     prompt: index, seed, prompt, references, generation, score).
     """
@@ -79,6 +83,9 @@ def evaluate(
             f"Evaluation data root {str(data_root)!r} is not a folder; set data_root / $DISTILLKIT_DATA_ROOT."
         )
     say = log or (lambda _msg: None)
+    used_template, template_source = resolve_template(protocol, template, template_source)
+    protocol = protocol.replace(template=used_template)
+    say(f"[eval {protocol.name}] prompts use template {used_template!r} ({template_source})")
 
     # Load every set first, so a malformed file fails before any generation.
     loaded: dict[str, list[dict[str, Any]]] = {}
@@ -98,7 +105,6 @@ def evaluate(
             continue
         loaded[name] = rows
 
-    frame = prompt_frame(protocol.template, tokenizer)  # a chat template's control tokens stay control tokens
     for name, rows in loaded.items():
         prompts = [row_prompt(row, protocol.template, tokenizer) for row in rows]
         refs = [protocol.row_references(row_references(row)) for row in rows]
@@ -107,13 +113,7 @@ def evaluate(
         for seed in protocol.seeds:
             start = time.perf_counter()
             generations = generate_responses(
-                model,
-                tokenizer,
-                prompts,
-                seed=seed,
-                device=device,
-                frame=frame,
-                **protocol.generation_kwargs(),
+                model, tokenizer, prompts, seed=seed, device=device, **protocol.generation_kwargs()
             )
             scores = [rouge_l(g, r) for g, r in zip(generations, refs)]
             seed_scores[str(seed)] = statistics.fmean(scores)

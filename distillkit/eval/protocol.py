@@ -80,7 +80,9 @@ class EvalProtocol:
     stop: str | None = None
     max_prompts: int | None = None
     batch_size: int = 16
-    template: str = "minillm"
+    #: the prompt template; ``None`` (the YAMLs' default): the template the model was trained with
+    #: (``data.template`` of a training run, see :func:`resolve_template`)
+    template: str | None = None
     references: str = "all"
     add_special_tokens: bool = False
     stop_rule: str = "string"
@@ -104,9 +106,10 @@ class EvalProtocol:
             )
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"EvalProtocol {self.name!r}: duplicate seeds {self.seeds}.")
-        if self.template not in TEMPLATES:
+        if self.template is not None and self.template not in TEMPLATES:
             raise ValueError(
-                f"EvalProtocol {self.name!r}: template={self.template!r}; valid: {', '.join(TEMPLATES)}"
+                f"EvalProtocol {self.name!r}: template={self.template!r}; valid: {', '.join(TEMPLATES)} "
+                "or null (the training data's template)"
             )
         if self.top_k < 0:
             raise ValueError(f"EvalProtocol {self.name!r}: top_k={self.top_k}; must be >= 0 (0 = no top-k).")
@@ -209,6 +212,25 @@ class EvalProtocol:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: the template when neither the protocol nor the caller names one: the papers' (MiniLLM/DSKD)
+DEFAULT_TEMPLATE = "minillm"
+
+
+def resolve_template(
+    protocol: EvalProtocol, template: str | None = None, source: str = "caller"
+) -> tuple[str, str]:
+    """The template to generate from and where it came from: the protocol's own (``eval.template``,
+    set explicitly), else ``template`` (a training run passes its ``data.template``, with ``source``
+    naming it), else :data:`DEFAULT_TEMPLATE` (``"default"``)."""
+    if protocol.template is not None:
+        return protocol.template, "eval.template"
+    if template is not None:
+        if template not in TEMPLATES:
+            raise ValueError(f"template={template!r} ({source}); valid: {', '.join(TEMPLATES)}")
+        return template, source
+    return DEFAULT_TEMPLATE, "default"
 
 
 def row_prompt(row: dict[str, Any], template: str = "minillm", tokenizer: Any = None) -> str:
