@@ -157,3 +157,16 @@ def test_module_configure_optimizers_uses_the_groups(tmp_path):
         ("student.no_decay", 0.0, 1e-4),
         ("mta.projectors", 0.01, 5e-4),
     ]
+
+
+def test_optim_keys_compose_and_a_bad_rule_fails_at_compose_time():
+    from tests.helpers import compose_cfg
+
+    cfg = compose_cfg()
+    assert cfg.trainer.optim.no_decay == NoDecay.norms_and_biases
+    assert cfg.trainer.optim.projector_weight_decay is None
+    assert compose_cfg(["trainer.optim.no_decay=none"]).trainer.optim.no_decay == NoDecay.none
+    with pytest.raises(Exception) as err:
+        compose_cfg(["trainer.optim.no_decay=norms"])
+    text = str(err.value) + str(err.value.__cause__)
+    assert "norms" in text and all(v.value in text for v in NoDecay)

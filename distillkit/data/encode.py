@@ -121,10 +121,58 @@ def _call(tokenizer: Any, text: str, add_special_tokens: bool, split: bool) -> T
     )
     ids = list(enc["input_ids"])
     special = [bool(m) for m in enc["special_tokens_mask"]]
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    specials = set(tokenizer.all_special_ids)
     if not split:  # control tokens written in the (template's) text: special too
-        specials = set(tokenizer.all_special_ids)
         special = [m or i in specials for i, m in zip(ids, special)]
-    return Tokens(ids, [tuple(o) for o in enc["offset_mapping"]], special)
+    elif any(i in specials and not m for i, m in zip(ids, special)):
+        ids, offsets, special = _respell(tokenizer, text, ids, offsets, special, specials)
+    return Tokens(ids, offsets, special)
+
+
+def _respell(
+    tokenizer: Any,
+    text: str,
+    ids: list[int],
+    offsets: list[tuple[int, int]],
+    special: list[bool],
+    specials: set[int],
+) -> tuple[list[int], list[tuple[int, int]], list[bool]]:
+    """Text that the tokenizer's MODEL still turns into a special id after special-token splitting (a
+    Unigram/SentencePiece vocabulary that holds ``<s>`` as an ordinary piece): those characters are
+    re-tokenized by the model in smaller pieces (first character, rest; else one per character), so
+    they stay text. Byte-level BPE (GPT-2, Qwen, OPT) and Llama/Mistral's BPE never get here."""
+    model = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    if model is None or not hasattr(model, "tokenize"):
+        raise ValueError(
+            f"{tokenizer.name_or_path!r} turns text into a special token even with special-token splitting, "
+            f"and has no model to re-tokenize it with: {text!r}"
+        )
+
+    def pieces(start: int, end: int) -> list[tuple[int, tuple[int, int]]]:
+        for chunks in ([(start, start + 1), (start + 1, end)], [(k, k + 1) for k in range(start, end)]):
+            out = []
+            for a, b in chunks:
+                if a < b:
+                    out += [(t.id, (a + t.offsets[0], a + t.offsets[1])) for t in model.tokenize(text[a:b])]
+            if not any(i in specials for i, _ in out):
+                return out
+        raise ValueError(
+            f"{tokenizer.name_or_path!r} cannot spell {text[start:end]!r} without a special token"
+        )
+
+    new_ids, new_offsets, new_special = [], [], []
+    for i, o, m in zip(ids, offsets, special):
+        if i in specials and not m and o[1] > o[0]:
+            for pid, po in pieces(*o):
+                new_ids.append(pid)
+                new_offsets.append(po)
+                new_special.append(False)
+        else:
+            new_ids.append(i)
+            new_offsets.append(o)
+            new_special.append(m)
+    return new_ids, new_offsets, new_special
 
 
 def _wrapper_tokens(tokenizer: Any) -> tuple[list[int], list[int]]:

@@ -101,7 +101,7 @@ def encode_prompts(
     """Prompt ids as data preparation makes them: special-token splitting (a prompt's characters are
     text), the tokenizer's own special tokens only with ``add_special_tokens``, and a template ``frame``
     (:func:`distillkit.data.encode.prompt_frame`) keeping the template's control tokens."""
-    if frame is None:
+    if not getattr(tokenizer, "is_fast", False):  # no offsets: the tokenizer's own splitting only
         enc = tokenizer(list(prompts), add_special_tokens=add_special_tokens, split_special_tokens=True)
         return [list(row) for row in enc["input_ids"]]
     from distillkit.data.encode import tokenize_text

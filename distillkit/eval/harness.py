@@ -76,7 +76,8 @@ def evaluate(
     if protocol is None:
         raise ValueError("No evaluation protocol (eval=none); there is nothing to evaluate.")
     if sets is not None:
-        protocol = protocol.replace(sets=dict(sets))
+        caps = {k: v for k, v in protocol.set_max_prompts.items() if k in sets}  # caps of the sets kept
+        protocol = protocol.replace(sets=dict(sets), set_max_prompts=caps)
     data_root = Path(data_root).expanduser()
     if not data_root.is_dir():
         raise FileNotFoundError(
