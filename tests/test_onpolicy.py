@@ -365,7 +365,7 @@ def test_restored_reference_skips_the_evaluation_before_training(tokenizers):
         ({"temperature": "hot"}, "temperature='hot'; must be a number"),
         ({"replay_ratio": "sometimes"}, "replay_ratio='sometimes'; valid: decreasing, constant, increasing"),
         ({"monitor": "val/loss"}, "onpolicy.monitor='val/loss'; valid: dev_ce, val_loss"),
-        ({"generated_eos": "drop"}, "onpolicy.generated_eos='drop'; valid: strip, keep"),
+        ({"generated_eos": "drop"}, "onpolicy.generated_eos='drop'; valid: strip, keep, distillm"),
         ({"eval_before_training": "yes"}, "onpolicy.eval_before_training='yes'; must be true or false"),
     ],
 )
@@ -391,7 +391,7 @@ def test_capacity_below_batch_size_is_refused(tokenizers):
 
 
 # ----------------------------------------------------------------------------- one step
-@pytest.mark.parametrize("generated_eos", ["strip", "keep"])
+@pytest.mark.parametrize("generated_eos", ["strip", "keep", "distillm"])
 def test_threshold_one_replaces_with_generated_pairs_on_both_sides(
     tokenizers, student_model, monkeypatch, generated_eos
 ):
@@ -408,7 +408,7 @@ def test_threshold_one_replaces_with_generated_pairs_on_both_sides(
         return out
 
     monkeypatch.setattr(generate_mod, "generate_responses", recording)
-    seed = 5 if generated_eos == "strip" else 6  # other texts: the span cache would serve a repeat
+    seed = {"strip": 5, "keep": 6, "distillm": 7}[generated_eos]  # other texts: the span cache would serve a repeat
     source = StudentGeneratedData(
         dm, init_threshold=1.0, max_new_tokens=12, seed=seed, generated_eos=generated_eos
     )
@@ -437,6 +437,10 @@ def test_threshold_one_replaces_with_generated_pairs_on_both_sides(
             assert side.input_ids[row, :n].tolist() == ids
             # labels: the response (and the EOS when kept), each at the position that predicts it
             labels = side.labels[row].tolist()
+            if generated_eos == "distillm":  # DistiLLM's positions P..P+R-1; the last predicts the stop
+                expected = [-100] * len(p_ids) + r_ids[1:] + [tok.eos_token_id] + [-100] * (len(labels) - n)
+                assert labels == expected and tok.eos_token_id not in side.input_ids[row, :n].tolist()
+                continue
             expected = [-100] * (len(p_ids) - 1) + r_ids + eos + [-100] * (len(labels) - n + 1)
             assert labels == expected
             assert (tok.eos_token_id in labels) == (generated_eos == "keep")

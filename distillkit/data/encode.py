@@ -235,6 +235,23 @@ def encode(tokenizer: Any, prompt: str, response: str, frame: PromptFrame | None
     return Encoded(ids, labels, offsets, [not s for s in special], n_prompt)
 
 
+def distillm_positions(enc: Encoded, eos: int) -> Encoded:
+    """``enc`` without its final EOS, trained at DistiLLM's positions for generated samples.
+
+    DistiLLM's ``SampleGenerator.run_sample`` (``distillm/sampler.py``) drops the pads (= EOS) and writes
+    the response ids as labels at the response's OWN positions (``label[P:P+R] = response``), while its
+    data labels are shifted (``label[t] = input[t+1]``, ``data_utils/lm_datasets.py``). Its losses mask
+    with ``label != -100``, so on a generated sample it distils positions ``P .. P+R-1``: not the one that
+    predicts the first response token (``P-1``), and the last response token's (which predicts what
+    follows the response, the stop). Here those positions get labels: the next token, and EOS at the
+    last one (DistiLLM's CE label there is the token itself, an off-by-one not reproduced)."""
+    out = strip_eos(enc)
+    labels = list(out.labels)
+    labels[out.prompt_len - 1] = -100
+    labels[-1] = int(eos)
+    return Encoded(out.input_ids, labels, out.offsets, out.valid, out.prompt_len)
+
+
 def strip_eos(enc: Encoded) -> Encoded:
     """``enc`` without its final EOS: the last response token predicts nothing (DistiLLM's generated
     samples, whose pad = EOS is stripped, ``distillm/sampler.py``). ``enc`` must end with the EOS

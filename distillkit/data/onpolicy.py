@@ -42,10 +42,13 @@ What is monitored (``monitor``), and when the reference is taken, follow DistiLL
   validation only sets the reference (distillkit before issue 9). A resumed run keeps its reference.
 
 Generated samples (``generated_eos``): DistiLLM strips the pad (= EOS) of every generated sequence
-(``distillm/sampler.py``), so a generated sample carries no EOS and its last response token predicts
-nothing: ``strip`` (default). ``keep``: the EOS is appended and trained on as in the data (distillkit
-before issue 9; it keeps teaching the student to stop, also after generations cut at
-``max_new_tokens``).
+(``distillm/sampler.py``), so a generated sample carries no EOS: ``strip`` (default) has no EOS token
+and no EOS label, the last response token predicts nothing. ``keep``: the EOS is appended and trained
+on as in the data (distillkit before issue 9; it keeps teaching the student to stop, also after
+generations cut at ``max_new_tokens``). ``distillm``: DistiLLM's exact trained positions: its sampler
+writes unshifted labels, so it distils the last response token's position (the stop decision, labelled
+EOS here) and not the one before the first response token
+(:func:`distillkit.data.encode.distillm_positions`; docs/fidelity.md).
 
 The buffer, the threshold, its reference loss and the RNG states are saved in the checkpoint through
 the callback's ``state_dict`` and restored on resume.
@@ -65,7 +68,7 @@ import lightning as L
 import torch
 
 from distillkit.data.datamodule import DistillDataModule, collate
-from distillkit.data.encode import Encoded, Example, strip_eos
+from distillkit.data.encode import Encoded, Example, distillm_positions, eos_id, strip_eos
 from distillkit.types import Batch
 from distillkit.utils.io import stable_hash
 
@@ -81,8 +84,8 @@ THRESHOLD_STEP = 0.1
 MONITORS = ("dev_ce", "val_loss")
 #: the logged metric of each monitor
 MONITOR_METRICS = {"dev_ce": "val/student_ce", "val_loss": "val/loss"}
-#: generated samples' EOS: stripped (DistiLLM) or kept as a target
-GENERATED_EOS = ("strip", "keep")
+#: generated samples' EOS: stripped (DistiLLM), kept as a target, or DistiLLM's exact trained positions
+GENERATED_EOS = ("strip", "keep", "distillm")
 
 
 # ----------------------------------------------------------------------------- replay buffer
@@ -456,8 +459,8 @@ class StudentGeneratedData(L.Callback):
         # negative indices tell generated examples from dataset rows
         first = -(self.generated_batches * len(prompts))
         examples = dm.make_examples([p for p, _ in kept], [r for _, r in kept], first_index=first)
-        if self.generated_eos == "strip":  # DistiLLM: a generated sample carries no EOS target
-            examples = [_without_eos(ex) for ex in examples]
+        if self.generated_eos != "keep":  # DistiLLM: a generated sample carries no EOS token
+            examples = [_without_eos(ex, self.generated_eos, dm) for ex in examples]
         if examples:
             dm.annotate(examples)  # one batched call per annotator: spans parsed once, here
         return examples
@@ -499,9 +502,15 @@ class StudentGeneratedData(L.Callback):
         self.buffer.load_state_dict(state_dict["buffer"])
 
 
-def _without_eos(ex: Example) -> Example:
-    student = strip_eos(ex.student)
-    teacher = student if ex.teacher is ex.student else strip_eos(ex.teacher)
+def _without_eos(ex: Example, mode: str, dm: DistillDataModule) -> Example:
+    if mode == "strip":
+        student = strip_eos(ex.student)
+        teacher = student if ex.teacher is ex.student else strip_eos(ex.teacher)
+    else:  # "distillm"
+        student = distillm_positions(ex.student, eos_id(dm.student_tokenizer))
+        teacher = (
+            student if ex.teacher is ex.student else distillm_positions(ex.teacher, eos_id(dm.teacher_tokenizer))
+        )
     return dataclasses.replace(ex, student=student, teacher=teacher)
 
 
