@@ -408,7 +408,9 @@ def test_threshold_one_replaces_with_generated_pairs_on_both_sides(
         return out
 
     monkeypatch.setattr(generate_mod, "generate_responses", recording)
-    seed = {"strip": 5, "keep": 6, "distillm": 7}[generated_eos]  # other texts: the span cache would serve a repeat
+    seed = {"strip": 5, "keep": 6, "distillm": 7}[
+        generated_eos
+    ]  # other texts: the span cache would serve a repeat
     source = StudentGeneratedData(
         dm, init_threshold=1.0, max_new_tokens=12, seed=seed, generated_eos=generated_eos
     )

@@ -362,6 +362,7 @@ class StudentGeneratedData(L.Callback):
         """DistiLLM's evaluation before training: the reference of the threshold rule (not on resume)."""
         if not self.eval_before_training or self.reference_loss is not None:
             return
+        # every rank measures the whole dev set itself (the same value everywhere, no collective needed)
         dm = getattr(trainer, "datamodule", None) or self.datamodule
         loader = dm.val_dataloader()
         if not loader:
@@ -391,7 +392,8 @@ class StudentGeneratedData(L.Callback):
     ) -> None:
         if trainer.sanity_checking or self.monitor != "dev_ce" or not isinstance(batch, Batch):
             return
-        s, n = self.student_ce_sums(pl_module, batch)  # tensors: no host sync inside the loop
+        with _forward_context(trainer):  # the precision validation_step runs under (bf16 autocast, ...)
+            s, n = self.student_ce_sums(pl_module, batch)  # tensors: no host sync inside the loop
         self._ce_sum = s if self._ce_sum is None else self._ce_sum + s
         self._ce_count = n if self._ce_count is None else self._ce_count + n
 
@@ -509,7 +511,9 @@ def _without_eos(ex: Example, mode: str, dm: DistillDataModule) -> Example:
     else:  # "distillm"
         student = distillm_positions(ex.student, eos_id(dm.student_tokenizer))
         teacher = (
-            student if ex.teacher is ex.student else distillm_positions(ex.teacher, eos_id(dm.teacher_tokenizer))
+            student
+            if ex.teacher is ex.student
+            else distillm_positions(ex.teacher, eos_id(dm.teacher_tokenizer))
         )
     return dataclasses.replace(ex, student=student, teacher=teacher)
 
