@@ -27,6 +27,8 @@ class Choice(str, Enum):
     def __format__(self, spec: str) -> str:
         return format(str(self.value), spec)
 
+from distillkit.utils.optim import NoDecay
+
 
 class Divergence(str, Enum):
     fkl = "fkl"
@@ -235,6 +237,11 @@ class OptimConfig:
     warmup_ratio: float = 0.0
     schedule: Schedule = Schedule.cosine
     projector_lr: Optional[float] = None
+    # student parameters exempt from weight decay (distillkit/utils/optim.py, docs/fidelity.md):
+    # norms_and_biases (DistiLLM/DSKD get_optimizer_params, by module type) | reference_names | none
+    no_decay: NoDecay = NoDecay.norms_and_biases
+    # the projectors' weight decay; null: the objective's own or the reference's choice (utils/optim.py)
+    projector_weight_decay: Optional[float] = None
 
 
 @dataclass

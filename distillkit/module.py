@@ -124,10 +124,18 @@ class DistillModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         from transformers import get_scheduler
 
+        from distillkit.utils.optim import projector_groups, student_param_groups
+
         o = self.optim
-        student_params = [p for p in self.student.parameters() if p.requires_grad]
-        groups = [{"params": student_params, "lr": o.lr, "name": "student"}]
-        groups += self.method.param_groups(o.lr, o.projector_lr)
+        # biases and norm weights get no weight decay (DistiLLM/DSKD get_optimizer_params); the
+        # projectors' decay follows the objective / the reference (distillkit/utils/optim.py)
+        rule = getattr(o, "no_decay", "norms_and_biases")
+        groups = student_param_groups(self.student, lr=o.lr, weight_decay=o.weight_decay, rule=rule)
+        groups += projector_groups(
+            self.method.param_groups(o.lr, o.projector_lr),
+            weight_decay=o.weight_decay,
+            override=getattr(o, "projector_weight_decay", None),
+        )
         optimizer = torch.optim.AdamW(
             groups, lr=o.lr, weight_decay=o.weight_decay, betas=tuple(o.betas), eps=o.eps
         )

@@ -28,7 +28,7 @@ DSKD_SETS = {
 
 
 def test_all_protocols_listed():
-    assert set(available_protocols()) >= {"dskd", "mta", "smoke", "dev", "none"}
+    assert set(available_protocols()) >= {"dskd", "mta", "sra", "smoke", "dev", "none"}
 
 
 def test_dskd_protocol_is_the_papers():
@@ -70,7 +70,7 @@ def _compose(overrides):
 
 
 def test_hydra_compose_and_instantiate_every_protocol():
-    for name in ("dskd", "mta", "smoke"):
+    for name in ("dskd", "mta", "sra", "smoke"):
         cfg = _compose([f"eval={name}"])
         p = instantiate(cfg.eval)
         assert isinstance(p, EvalProtocol) and p == load_protocol(name)

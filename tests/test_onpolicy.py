@@ -202,7 +202,7 @@ def test_threshold_golden_sequence():
 )
 def test_threshold_matches_the_rule_on_the_callback(tokenizers, losses, eps, init):
     dm, _ = make_dm(tokenizers)
-    source = StudentGeneratedData(dm, init_threshold=init, loss_eps=eps)
+    source = StudentGeneratedData(dm, init_threshold=init, loss_eps=eps, monitor="val_loss")
     # the rule, written out: the first loss is the reference; a loss >= reference + eps raises the
     # threshold by one tenth (at most to 1) and becomes the reference
     raises, reference = 0, None
@@ -221,13 +221,138 @@ def test_threshold_matches_the_rule_on_the_callback(tokenizers, losses, eps, ini
 
 def test_threshold_caps_at_one_and_ignores_sanity_checks(tokenizers):
     dm, _ = make_dm(tokenizers)
-    source = StudentGeneratedData(dm, init_threshold=0.85, loss_eps=0.1)
+    source = StudentGeneratedData(dm, init_threshold=0.85, loss_eps=0.1, monitor="val_loss")
     for x in [1.0, 2.0, 3.0, 4.0]:
         source.update_threshold(x)
     assert source.threshold == 1.0
     sanity = SimpleNamespace(sanity_checking=True, callback_metrics={"val/loss": torch.tensor(99.0)})
     source.on_validation_end(sanity, None)
     assert source.reference_loss == 4.0
+
+
+class ScheduledStudent(torch.nn.Module):
+    """A toy student: ``logits = scale * table[input_ids]``; the test sets ``scale`` epoch by epoch."""
+
+    def __init__(self, vocab: int, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.table = torch.nn.Parameter(torch.randn(vocab, vocab, generator=g))
+        self.scale = 1.0
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False):
+        return SimpleNamespace(logits=self.scale * self.table[input_ids])
+
+
+def golden_dev_ce(student: ScheduledStudent, batches) -> float:
+    """Σ -log softmax(logits)[label] / #labels over every labelled token, float64 loops."""
+    total, count = 0.0, 0
+    table = student.table.detach().double() * student.scale
+    for batch in batches:
+        ids, labels = batch.student.input_ids.tolist(), batch.student.labels.tolist()
+        for row_ids, row_labels in zip(ids, labels):
+            for tok, label in zip(row_ids, row_labels):
+                if label == -100:
+                    continue
+                z = table[tok]
+                total += float(torch.logsumexp(z, 0) - z[label])
+                count += 1
+    return total / count
+
+
+def dev_fixture(tokenizers):
+    cfg = OmegaConf.create(
+        {
+            "batch_size": 2,
+            "eval_batch_size": 2,
+            "num_workers": 0,
+            "max_prompt_tokens": 48,
+            "max_total_tokens": 96,
+        }
+    )
+    dm = DistillDataModule(cfg, tokenizers[0], tokenizers[1], shared_tokenizer=False)
+    dm.examples["dev"] = dm.make_examples(PROMPTS, REFS)
+    student = ScheduledStudent(len(tokenizers[0]))
+    logged: dict[str, float] = {}
+    module = SimpleNamespace(
+        student=student,
+        student_vocab=len(tokenizers[0]),
+        device=torch.device("cpu"),
+        log=lambda name, value, **kw: logged.__setitem__(name, float(value)),
+    )
+    trainer = SimpleNamespace(
+        sanity_checking=False,
+        datamodule=dm,
+        strategy=SimpleNamespace(reduce=lambda t, reduce_op: t, precision_plugin=None),
+        callback_metrics={},
+    )
+    return dm, module, trainer, logged
+
+
+def run_validation(source, trainer, module, dm):
+    source.on_validation_epoch_start(trainer, module)
+    for i, batch in enumerate(dm.val_dataloader()):
+        source.on_validation_batch_end(trainer, module, None, batch, i)
+    source.on_validation_epoch_end(trainer, module)
+
+
+@pytest.mark.parametrize("eval_before", [True, False])
+def test_dev_ce_threshold_rises_after_the_first_epoch(tokenizers, eval_before):
+    """DistiLLM: the dev CE is measured before training; a first-epoch CE >= reference + eps raises the
+    threshold at once. Without the evaluation before training the first validation only sets it."""
+    dm, module, trainer, logged = dev_fixture(tokenizers)
+    source = StudentGeneratedData(dm, init_threshold=0.0, loss_eps=0.1, eval_before_training=eval_before)
+    assert source.monitor == "dev_ce"
+    batches = list(dm.val_dataloader())
+    # the toy schedule: the student's dev CE before training, after epoch 1, after epoch 2
+    scales = [1.0, 2.0, 2.02]
+    golden = []
+    for sc in scales:
+        module.student.scale = sc
+        golden.append(golden_dev_ce(module.student, batches))
+    assert golden[1] >= golden[0] + 0.1 and golden[2] < golden[1] + 0.1  # the schedule is what it claims
+
+    module.student.scale = scales[0]
+    source.on_train_start(trainer, module)
+    if eval_before:
+        assert source.reference_loss == pytest.approx(golden[0], rel=1e-5)
+    else:
+        assert source.reference_loss is None
+    module.student.scale = scales[1]
+    run_validation(source, trainer, module, dm)
+    assert logged["val/student_ce"] == pytest.approx(golden[1], rel=1e-5)
+    if eval_before:  # rose after epoch 1
+        assert source.threshold == pytest.approx(0.1) and source.reference_loss == pytest.approx(
+            golden[1], rel=1e-5
+        )
+    else:  # epoch 1 only set the reference
+        assert source.threshold == 0.0 and source.reference_loss == pytest.approx(golden[1], rel=1e-5)
+    module.student.scale = scales[2]
+    run_validation(source, trainer, module, dm)
+    assert source.threshold == pytest.approx(0.1 if eval_before else 0.0)
+
+
+def test_dev_ce_ignores_val_loss_and_sanity_checks(tokenizers):
+    dm, module, trainer, logged = dev_fixture(tokenizers)
+    source = StudentGeneratedData(dm, loss_eps=0.0, eval_before_training=False)
+    trainer.callback_metrics = {"val/loss": torch.tensor(5.0)}
+    source.on_validation_end(trainer, module)  # dev_ce does not read val/loss
+    assert source.reference_loss is None
+    trainer.sanity_checking = True
+    run_validation(source, trainer, module, dm)
+    assert source.reference_loss is None and "val/student_ce" not in logged
+    trainer.sanity_checking = False
+    run_validation(source, trainer, module, dm)
+    assert source.reference_loss == pytest.approx(
+        golden_dev_ce(module.student, dm.val_dataloader()), rel=1e-5
+    )
+
+
+def test_restored_reference_skips_the_evaluation_before_training(tokenizers):
+    dm, module, trainer, _ = dev_fixture(tokenizers)
+    source = StudentGeneratedData(dm)
+    source.reference_loss = 7.5  # as restored from a checkpoint
+    source.on_train_start(trainer, module)
+    assert source.reference_loss == 7.5
 
 
 @pytest.mark.parametrize(
@@ -239,6 +364,9 @@ def test_threshold_caps_at_one_and_ignores_sanity_checks(tokenizers):
         ({"top_p": 0.0}, "top_p=0.0"),
         ({"temperature": "hot"}, "temperature='hot'; must be a number"),
         ({"replay_ratio": "sometimes"}, "replay_ratio='sometimes'; valid: decreasing, constant, increasing"),
+        ({"monitor": "val/loss"}, "onpolicy.monitor='val/loss'; valid: dev_ce, val_loss"),
+        ({"generated_eos": "drop"}, "onpolicy.generated_eos='drop'; valid: strip, keep, distillm"),
+        ({"eval_before_training": "yes"}, "onpolicy.eval_before_training='yes'; must be true or false"),
     ],
 )
 def test_bad_settings_are_named(bad, match):
@@ -263,7 +391,12 @@ def test_capacity_below_batch_size_is_refused(tokenizers):
 
 
 # ----------------------------------------------------------------------------- one step
-def test_threshold_one_replaces_with_generated_pairs_on_both_sides(tokenizers, student_model, monkeypatch):
+@pytest.mark.parametrize("generated_eos", ["strip", "keep", "distillm"])
+def test_threshold_one_replaces_with_generated_pairs_on_both_sides(
+    tokenizers, student_model, monkeypatch, generated_eos
+):
+    """Fresh generations tokenized by both models; by default (``strip``, DistiLLM's sampler drops the pad =
+    EOS) a generated sample has no EOS token and no EOS label; ``keep`` appends and trains on it."""
     dm, parser = make_dm(tokenizers, annotators="words")
     batch = data_batch(dm)
     recorded = []
@@ -275,7 +408,12 @@ def test_threshold_one_replaces_with_generated_pairs_on_both_sides(tokenizers, s
         return out
 
     monkeypatch.setattr(generate_mod, "generate_responses", recording)
-    source = StudentGeneratedData(dm, init_threshold=1.0, max_new_tokens=12, seed=5)
+    seed = {"strip": 5, "keep": 6, "distillm": 7}[
+        generated_eos
+    ]  # other texts: the span cache would serve a repeat
+    source = StudentGeneratedData(
+        dm, init_threshold=1.0, max_new_tokens=12, seed=seed, generated_eos=generated_eos
+    )
     parses_before = len(parser.calls)
     new = source.prepare(batch, student_model)
     source._pending = new
@@ -293,15 +431,21 @@ def test_threshold_one_replaces_with_generated_pairs_on_both_sides(tokenizers, s
 
     for side, tok in ((new.student, tokenizers[0]), (new.teacher, tokenizers[1])):
         for row, (prompt, response) in enumerate(kept):
-            p_ids = tok(prompt, add_special_tokens=True)["input_ids"]
-            r_ids = tok(response, add_special_tokens=False)["input_ids"]
-            ids = p_ids + r_ids + [tok.eos_token_id]
+            p_ids = tok(prompt, add_special_tokens=True, split_special_tokens=True)["input_ids"]
+            r_ids = tok(response, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            eos = [tok.eos_token_id] if generated_eos == "keep" else []
+            ids = p_ids + r_ids + eos
             n = int(side.attention_mask[row].sum())
             assert side.input_ids[row, :n].tolist() == ids
-            # labels: the response and the EOS, each at the position that predicts it; nothing else
+            # labels: the response (and the EOS when kept), each at the position that predicts it
             labels = side.labels[row].tolist()
-            expected = [-100] * (len(p_ids) - 1) + r_ids + [tok.eos_token_id] + [-100] * (len(labels) - n + 1)
+            if generated_eos == "distillm":  # DistiLLM's positions P..P+R-1; the last predicts the stop
+                expected = [-100] * len(p_ids) + r_ids[1:] + [tok.eos_token_id] + [-100] * (len(labels) - n)
+                assert labels == expected and tok.eos_token_id not in side.input_ids[row, :n].tolist()
+                continue
+            expected = [-100] * (len(p_ids) - 1) + r_ids + eos + [-100] * (len(labels) - n + 1)
             assert labels == expected
+            assert (tok.eos_token_id in labels) == (generated_eos == "keep")
 
     # the word spans, one grid on both sides: a regex word is kept when each side has a token inside it
     # (the reference rule: start + 1 >= word start and end <= word end; special tokens have empty offsets)
@@ -404,6 +548,7 @@ def test_kd_run_with_onpolicy_fills_the_buffer_and_checkpoints_it(tmp_path):
             "onpolicy.enabled=true",
             "onpolicy.init_threshold=1.0",
             "onpolicy.max_new_tokens=8",
+            "trainer.val_check_interval=2",
         ],
         tmp_path,
     )
@@ -416,6 +561,13 @@ def test_kd_run_with_onpolicy_fills_the_buffer_and_checkpoints_it(tmp_path):
     assert metrics["onpolicy/used"] == 1.0 and metrics["onpolicy/threshold"] == 1.0
     assert metrics["onpolicy/buffer"] == len(source.buffer)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    # DistiLLM's defaults: the student's dev CE is monitored, and was measured before training
+    assert source.monitor == "dev_ce" and source.eval_before_training and source.generated_eos == "strip"
+    assert torch.isfinite(torch.tensor(metrics["val/student_ce"])) and source.reference_loss is not None
+    eos = out["datamodule"].student_tokenizer.eos_token_id
+    assert all(
+        eos not in ex.student.labels and ex.student.input_ids[-1] != eos for ex in source.buffer.examples()
+    )
     # the buffer and the threshold travel in the checkpoint
     path = tmp_path / "onpolicy.ckpt"
     out["trainer"].save_checkpoint(str(path))

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from distillkit.data.encode import Encoded, Example, encode, fits
+from distillkit.data.encode import Encoded, Example, encode, fits, prompt_frame
 from distillkit.data.sources import SourceReport, load_splits
 from distillkit.data.template import format_prompt, references
 from distillkit.types import Batch, SideBatch, SpanGrid, TokenPairs
@@ -215,14 +215,24 @@ class DistillDataModule(L.LightningDataModule):
         """``prompt + response`` tokenized by both models (shared when they share a tokenizer), or
         ``None`` when either side is over the length limits (dropped, never truncated)."""
         cfg = self.cfg
-        s_enc = encode(self.student_tokenizer, prompt, response)
-        t_enc = s_enc if self.shared else encode(self.teacher_tokenizer, prompt, response)
+        # the prompt was rendered with the teacher's tokenizer: its template's control tokens (chat) stay
+        # control tokens on both sides, every row character is text (distillkit.data.encode)
+        frame = self.prompt_frame
+        s_enc = encode(self.student_tokenizer, prompt, response, frame)
+        t_enc = s_enc if self.shared else encode(self.teacher_tokenizer, prompt, response, frame)
         if not (
             fits(s_enc, cfg.max_prompt_tokens, cfg.max_total_tokens)
             and fits(t_enc, cfg.max_prompt_tokens, cfg.max_total_tokens)
         ):
             return None
         return Example(index, prompt + response, len(prompt), refs, s_enc, t_enc)
+
+    @property
+    def prompt_frame(self) -> Any:
+        """The template's :class:`~distillkit.data.encode.PromptFrame` (``None`` unless it adds control tokens)."""
+        if not hasattr(self, "_prompt_frame"):
+            self._prompt_frame = prompt_frame(getattr(self.cfg, "template", None), self.teacher_tokenizer)
+        return self._prompt_frame
 
     def make_examples(self, prompts: list[str], responses: list[str], first_index: int = 0) -> list[Example]:
         """Examples of new (prompt, response) pairs, e.g. student generations (``distillkit.data.onpolicy``),

@@ -23,11 +23,32 @@ What happens at each training step (:meth:`StudentGeneratedData.on_train_batch_s
 ``constant`` ``0.5``, ``increasing`` ``progress``, with ``progress = global_step / total steps``.
 
 The adaptive threshold (DistiLLM's rule as read in its ``finetune.py``): it starts at
-``init_threshold`` and the first validation loss becomes the reference; after each later validation,
-``if val_loss >= reference + loss_eps: threshold = min(threshold + 0.1, 1.0); reference = val_loss``.
-The reference moves only when the threshold rises, so a slow drift of the validation loss upwards
-also raises it. (DistiLLM evaluates once before training to set the reference; here the first
-validation does, as the trainer runs no validation before the first step.)
+``init_threshold``; the first monitored value becomes the reference; after each later validation,
+``if value >= reference + loss_eps: threshold = min(threshold + 0.1, 1.0); reference = value``.
+The reference moves only when the threshold rises, so a slow drift of the value upwards also raises it.
+
+What is monitored (``monitor``), and when the reference is taken, follow DistiLLM by default
+(``finetune.py``: ``prev_avg_loss = evaluate(...)`` before the first epoch, then ``evaluate`` at every
+``eval_interval``, which returns the student's language-model cross-entropy on the dev set):
+
+* ``monitor=dev_ce`` (default): the student's plain cross-entropy on the dev response tokens (+EOS),
+  ``Σ_tokens -log q(y_t) / #tokens`` over the whole dev set, logged as ``val/student_ce``. It is computed
+  here from one student forward per dev batch (no method term involved, so it means the same for every
+  method); DistiLLM averages per-batch means instead, equal when the batches hold equally many tokens.
+  ``monitor=val_loss``: the method's weighted validation loss ``val/loss`` (distillkit before issue 9;
+  for MTA at kd_rate 1 that is SRKL + w_span·(DSA + HRA/10), not a language-model loss).
+* ``eval_before_training=true`` (default): the reference is measured on the dev set before the first
+  training step, so the first validation can already raise the threshold. ``false``: the first
+  validation only sets the reference (distillkit before issue 9). A resumed run keeps its reference.
+
+Generated samples (``generated_eos``): DistiLLM strips the pad (= EOS) of every generated sequence
+(``distillm/sampler.py``), so a generated sample carries no EOS: ``strip`` (default) has no EOS token
+and no EOS label, the last response token predicts nothing. ``keep``: the EOS is appended and trained
+on as in the data (distillkit before issue 9; it keeps teaching the student to stop, also after
+generations cut at ``max_new_tokens``). ``distillm``: DistiLLM's exact trained positions: its sampler
+writes unshifted labels, so it distils the last response token's position (the stop decision, labelled
+EOS here) and not the one before the first response token
+(:func:`distillkit.data.encode.distillm_positions`; docs/fidelity.md).
 
 The buffer, the threshold, its reference loss and the RNG states are saved in the checkpoint through
 the callback's ``state_dict`` and restored on resume.
@@ -47,7 +68,7 @@ import lightning as L
 import torch
 
 from distillkit.data.datamodule import DistillDataModule, collate
-from distillkit.data.encode import Encoded, Example
+from distillkit.data.encode import Encoded, Example, distillm_positions, eos_id, strip_eos
 from distillkit.types import Batch
 from distillkit.utils.io import stable_hash
 
@@ -59,6 +80,12 @@ REPLAY_SCHEDULES = ("decreasing", "constant", "increasing")
 MODES = ("original", "fresh", "replay")
 #: the threshold rises by this much when the validation loss rose (DistiLLM)
 THRESHOLD_STEP = 0.1
+#: what the threshold rule watches: the student's dev CE (DistiLLM) or the method's val/loss
+MONITORS = ("dev_ce", "val_loss")
+#: the logged metric of each monitor
+MONITOR_METRICS = {"dev_ce": "val/student_ce", "val_loss": "val/loss"}
+#: generated samples' EOS: stripped (DistiLLM), kept as a target, or DistiLLM's exact trained positions
+GENERATED_EOS = ("strip", "keep", "distillm")
 
 
 # ----------------------------------------------------------------------------- replay buffer
@@ -215,7 +242,9 @@ class StudentGeneratedData(L.Callback):
         top_p: float = 1.0,
         seed: int = 0,
         replay_ratio: str = "decreasing",
-        monitor: str = "val/loss",
+        monitor: str = "dev_ce",
+        eval_before_training: bool = True,
+        generated_eos: str = "strip",
     ):
         check_settings(
             init_threshold=init_threshold,
@@ -226,6 +255,9 @@ class StudentGeneratedData(L.Callback):
             top_k=top_k,
             top_p=top_p,
             replay_ratio=replay_ratio,
+            monitor=monitor,
+            eval_before_training=eval_before_training,
+            generated_eos=generated_eos,
         )
         batch_size = int(datamodule.cfg.batch_size)
         if capacity < batch_size:
@@ -240,6 +272,10 @@ class StudentGeneratedData(L.Callback):
         self.seed = int(seed)
         self.replay_ratio = replay_ratio
         self.monitor = monitor
+        self.eval_before_training = bool(eval_before_training)
+        self.generated_eos = generated_eos
+        self._ce_sum: torch.Tensor | None = None  # this validation's student CE: token sum and count
+        self._ce_count: torch.Tensor | None = None
         self.buffer = ReplayBuffer(int(capacity), seed=self.seed)
         self.threshold = float(init_threshold)
         self.reference_loss: float | None = None
@@ -262,25 +298,117 @@ class StudentGeneratedData(L.Callback):
         )
         return self.threshold
 
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is None:
-            log.warning(
-                "onpolicy: no %s after validation; the threshold stays %.2f", self.monitor, self.threshold
-            )
-            return
+    def _observe(self, value: float) -> None:
         before = self.threshold
-        self.update_threshold(float(value))
+        self.update_threshold(value)
         if self.threshold != before:
             log.info(
                 "onpolicy: %s rose to %.4f; threshold %.2f -> %.2f",
-                self.monitor,
-                float(value),
+                MONITOR_METRICS[self.monitor],
+                value,
                 before,
                 self.threshold,
             )
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor != "val_loss":
+            return
+        value = trainer.callback_metrics.get(MONITOR_METRICS["val_loss"])
+        if value is None:
+            log.warning("onpolicy: no val/loss after validation; the threshold stays %.2f", self.threshold)
+            return
+        self._observe(float(value))
+
+    # -- the student's dev cross-entropy (monitor=dev_ce) --------------------------------------
+    @staticmethod
+    def student_ce_sums(pl_module: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(Σ -log q(y_t), #tokens)`` of the student over the batch's labelled (response + EOS) tokens:
+        one student forward, float32 log-softmax over the tokenizer's real vocabulary."""
+        side = batch.student
+        with torch.no_grad():
+            logits = pl_module.student(
+                input_ids=side.input_ids, attention_mask=side.attention_mask, use_cache=False
+            ).logits
+            vocab = getattr(pl_module, "student_vocab", None)
+            if vocab is not None:
+                logits = logits[..., :vocab]
+            labels = side.labels.to(logits.device)
+            total = torch.nn.functional.cross_entropy(
+                logits.float().reshape(-1, logits.shape[-1]),
+                labels.reshape(-1),
+                ignore_index=-100,
+                reduction="sum",
+            )
+            return total, (labels != -100).sum()
+
+    def dev_ce(self, pl_module: Any, batches: Iterable[Batch], device: Any = None) -> float:
+        """The student's dev CE over ``batches`` (moved to ``device``), in eval mode."""
+        was_training = pl_module.student.training
+        pl_module.student.eval()
+        total = count = 0.0
+        try:
+            for batch in batches:
+                if device is not None:
+                    batch = batch.to(device)
+                s, n = self.student_ce_sums(pl_module, batch)
+                total, count = total + float(s), count + float(n)
+        finally:
+            pl_module.student.train(was_training)
+        if count == 0:
+            raise ValueError("onpolicy: the dev set has no labelled token; the student's dev CE is undefined")
+        return total / count
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """DistiLLM's evaluation before training: the reference of the threshold rule (not on resume)."""
+        if not self.eval_before_training or self.reference_loss is not None:
+            return
+        # every rank measures the whole dev set itself (the same value everywhere, no collective needed)
+        dm = getattr(trainer, "datamodule", None) or self.datamodule
+        loader = dm.val_dataloader()
+        if not loader:
+            log.warning(
+                "onpolicy: eval_before_training but no dev set; the first validation sets the reference"
+            )
+            return
+        with _forward_context(trainer):
+            if self.monitor == "dev_ce":
+                value = self.dev_ce(pl_module, loader, pl_module.device)
+            else:  # the method's weighted loss, as validation_step computes it (mean over batches by size)
+                value = _val_loss(pl_module, loader)
+        self.update_threshold(value)
+        log.info("onpolicy: %s before training %.4f (reference)", MONITOR_METRICS[self.monitor], value)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._ce_sum = self._ce_count = None
+
+    def on_validation_batch_end(
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if trainer.sanity_checking or self.monitor != "dev_ce" or not isinstance(batch, Batch):
+            return
+        with _forward_context(trainer):  # the precision validation_step runs under (bf16 autocast, ...)
+            s, n = self.student_ce_sums(pl_module, batch)  # tensors: no host sync inside the loop
+        self._ce_sum = s if self._ce_sum is None else self._ce_sum + s
+        self._ce_count = n if self._ce_count is None else self._ce_count + n
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor != "dev_ce" or self._ce_sum is None:
+            return
+        total = trainer.strategy.reduce(self._ce_sum.detach().float(), reduce_op="sum")
+        count = trainer.strategy.reduce(self._ce_count.detach().float(), reduce_op="sum")
+        self._ce_sum = self._ce_count = None
+        if float(count) == 0:
+            log.warning("onpolicy: no labelled dev token; the threshold stays %.2f", self.threshold)
+            return
+        value = total / count
+        pl_module.log(MONITOR_METRICS["dev_ce"], value, prog_bar=False, sync_dist=False)
+        self._observe(float(value))
 
     # -- one step --------------------------------------------------------------------------------
     def prepare(self, batch: Batch, student: torch.nn.Module, progress: float = 0.0) -> Batch | None:
@@ -323,6 +451,7 @@ class StudentGeneratedData(L.Callback):
             max_new_tokens=self.max_new_tokens,
             batch_size=len(prompts),
             add_special_tokens=True,  # the prompt as the training examples tokenize it (encode.py)
+            frame=dm.prompt_frame,  # ... with the same special-token splitting (encode.tokenize_text)
             **self.generation,
         )
         self.generated_batches += 1
@@ -332,6 +461,8 @@ class StudentGeneratedData(L.Callback):
         # negative indices tell generated examples from dataset rows
         first = -(self.generated_batches * len(prompts))
         examples = dm.make_examples([p for p, _ in kept], [r for _, r in kept], first_index=first)
+        if self.generated_eos != "keep":  # DistiLLM: a generated sample carries no EOS token
+            examples = [_without_eos(ex, self.generated_eos, dm) for ex in examples]
         if examples:
             dm.annotate(examples)  # one batched call per annotator: spans parsed once, here
         return examples
@@ -373,6 +504,53 @@ class StudentGeneratedData(L.Callback):
         self.buffer.load_state_dict(state_dict["buffer"])
 
 
+def _without_eos(ex: Example, mode: str, dm: DistillDataModule) -> Example:
+    if mode == "strip":
+        student = strip_eos(ex.student)
+        teacher = student if ex.teacher is ex.student else strip_eos(ex.teacher)
+    else:  # "distillm"
+        student = distillm_positions(ex.student, eos_id(dm.student_tokenizer))
+        teacher = (
+            student
+            if ex.teacher is ex.student
+            else distillm_positions(ex.teacher, eos_id(dm.teacher_tokenizer))
+        )
+    return dataclasses.replace(ex, student=student, teacher=teacher)
+
+
+class _forward_context:
+    """The trainer's precision context (autocast under bf16-mixed) around a forward outside a step."""
+
+    def __init__(self, trainer: Any):
+        plugin = getattr(getattr(trainer, "strategy", None), "precision_plugin", None)
+        self._ctx = plugin.forward_context() if plugin is not None else None
+
+    def __enter__(self) -> None:
+        if self._ctx is not None:
+            self._ctx.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._ctx is not None:
+            self._ctx.__exit__(*exc)
+
+
+def _val_loss(pl_module: Any, loader: Iterable[Batch]) -> float:
+    """The method's weighted loss over ``loader``, averaged over batches weighted by their size (as
+    Lightning averages ``val/loss``)."""
+    total = weight = 0.0
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                batch = batch.to(pl_module.device)
+                loss = pl_module.weighted_loss(pl_module.compute_terms(batch))
+                total, weight = total + float(loss) * batch.size, weight + batch.size
+    finally:
+        pl_module.train(was_training)
+    return total / max(weight, 1.0)
+
+
 def check_settings(
     *,
     init_threshold: float,
@@ -383,6 +561,9 @@ def check_settings(
     top_k: int,
     top_p: float,
     replay_ratio: str,
+    monitor: str = "dev_ce",
+    eval_before_training: bool = True,
+    generated_eos: str = "strip",
     **_: Any,
 ) -> None:
     """Clear errors for bad ``onpolicy`` settings, before anything expensive runs."""
@@ -413,3 +594,9 @@ def check_settings(
             raise ValueError(f"onpolicy.{name}={value!r}; must be {valid}")
     if replay_ratio not in REPLAY_SCHEDULES:
         raise ValueError(f"onpolicy.replay_ratio={replay_ratio!r}; valid: {', '.join(REPLAY_SCHEDULES)}")
+    if monitor not in MONITORS:
+        raise ValueError(f"onpolicy.monitor={monitor!r}; valid: {', '.join(MONITORS)}")
+    if not isinstance(eval_before_training, bool):
+        raise ValueError(f"onpolicy.eval_before_training={eval_before_training!r}; must be true or false")
+    if generated_eos not in GENERATED_EOS:
+        raise ValueError(f"onpolicy.generated_eos={generated_eos!r}; valid: {', '.join(GENERATED_EOS)}")

@@ -76,7 +76,8 @@ def evaluate(
     if protocol is None:
         raise ValueError("No evaluation protocol (eval=none); there is nothing to evaluate.")
     if sets is not None:
-        protocol = protocol.replace(sets=dict(sets))
+        caps = {k: v for k, v in protocol.set_max_prompts.items() if k in sets}  # caps of the sets kept
+        protocol = protocol.replace(sets=dict(sets), set_max_prompts=caps)
     data_root = Path(data_root).expanduser()
     if not data_root.is_dir():
         raise FileNotFoundError(
@@ -99,7 +100,7 @@ def evaluate(
                 f"[eval {protocol.name}] {name}: MISSING ({path} not found); reported as missing, left out of avg"
             )
             continue
-        rows = load_eval_rows(path, protocol.max_prompts)
+        rows = load_eval_rows(path, protocol.prompt_cap(name))
         if not rows:
             set_results[name] = {"path": rel, "missing": True, "reason": "file is empty"}
             say(f"[eval {protocol.name}] {name}: MISSING ({path} is empty)")
@@ -109,7 +110,7 @@ def evaluate(
 
     for name, rows in loaded.items():
         prompts = [row_prompt(row, protocol.template, tokenizer) for row in rows]
-        refs = [row_references(row) for row in rows]
+        refs = [protocol.row_references(row_references(row)) for row in rows]
         seed_scores: dict[str, float] = {}
         prediction_lines: list[str] = []
         for seed in protocol.seeds:
@@ -136,6 +137,7 @@ def evaluate(
             "sha256": hashes[name],
             "missing": False,
             "n_prompts": len(prompts),
+            "prompt_cap": protocol.prompt_cap(name),
             "seeds": seed_scores,
             "n_seeds": len(seed_scores),
             "mean": mean,

@@ -12,6 +12,11 @@ Response length: DSKD left-pads every prompt to ``max_prompt_tokens`` and asks f
 ``max_length - prompt_width`` new tokens, i.e. ``max_total_tokens - max_prompt_tokens`` for every
 prompt whatever its length; :meth:`EvalProtocol.new_token_budget` does the same (capped further by
 ``max_new_tokens`` when set). MTA's package sets ``max_new_tokens=384`` and no total.
+
+What each protocol reproduces, and from which file, is listed in ``docs/fidelity.md``: references
+(``all``: max ROUGE-L over a row's references, DSKD/MiniLLM ``rouge_metric.py``; ``first``: the first only,
+the MTA and SRA evaluators), the tokenizer's own special tokens on the prompt (``add_special_tokens``),
+the stop rule, and per-set prompt caps (``set_max_prompts``: DSKD's ``DATA_NUM`` 10000 for UnNI).
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ from typing import Any
 from distillkit.data.template import TEMPLATES, format_prompt
 
 CONF_EVAL_DIR = Path(__file__).resolve().parents[2] / "conf" / "eval"
+#: how a row's references are scored: max over all (DSKD/MiniLLM), or the first only (MTA, SRA evaluators)
+REFERENCE_MODES = ("all", "first")
+#: how the stop string stops a sequence (distillkit.eval.generate)
+STOP_RULES = ("string", "token")
 
 
 def new_token_budget(max_prompt_tokens: int, max_total_tokens: int | None, max_new_tokens: int | None) -> int:
@@ -50,7 +59,11 @@ class EvalProtocol:
 
     ``sets`` maps a set name to its file, relative to the data root. ``seeds`` are generation
     seeds: each set is generated and scored once per seed, and the spread over them is reported.
-    ``max_prompts`` keeps the first N rows of every set (``None``: all).
+    ``max_prompts`` keeps the first N rows of every set (``None``: all); ``set_max_prompts`` caps named
+    sets further (the tighter cap wins). ``references``: ``all`` (max over a row's references) or
+    ``first``. ``add_special_tokens``: the prompt gets the tokenizer's own special tokens (a BOS).
+    ``stop_rule`` (``string`` | ``token``) and ``keep_stop`` (leave the stop string in the scored text):
+    see :mod:`distillkit.eval.generate`.
     """
 
     name: str
@@ -70,11 +83,17 @@ class EvalProtocol:
     #: the prompt template; ``None`` (the YAMLs' default): the template the model was trained with
     #: (``data.template`` of a training run, see :func:`resolve_template`)
     template: str | None = None
+    references: str = "all"
+    add_special_tokens: bool = False
+    stop_rule: str = "string"
+    keep_stop: bool = False
+    set_max_prompts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Hydra hands over DictConfig/ListConfig unless _convert_=all: normalise to plain types.
         self.sets = {str(k): str(v) for k, v in dict(self.sets or {}).items()}
         self.seeds = [int(s) for s in list(self.seeds or [])]
+        self.set_max_prompts = {str(k): v for k, v in dict(self.set_max_prompts or {}).items()}
         self.validate()
 
     def validate(self) -> None:
@@ -130,6 +149,40 @@ class EvalProtocol:
             raise ValueError(
                 f"EvalProtocol {self.name!r}: stop is an empty string; use null for no stop string."
             )
+        if self.references not in REFERENCE_MODES:
+            raise ValueError(
+                f"EvalProtocol {self.name!r}: references={self.references!r}; valid: {', '.join(REFERENCE_MODES)}"
+            )
+        if self.stop_rule not in STOP_RULES:
+            raise ValueError(
+                f"EvalProtocol {self.name!r}: stop_rule={self.stop_rule!r}; valid: {', '.join(STOP_RULES)}"
+            )
+        for flag in ("add_special_tokens", "keep_stop"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(
+                    f"EvalProtocol {self.name!r}: {flag}={getattr(self, flag)!r}; must be true or false."
+                )
+        unknown = sorted(set(self.set_max_prompts) - set(self.sets))
+        if unknown:
+            raise ValueError(
+                f"EvalProtocol {self.name!r}: set_max_prompts names sets {unknown} that are not in sets; "
+                f"valid: {', '.join(self.sets)}"
+            )
+        for set_name, cap in self.set_max_prompts.items():
+            if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+                raise ValueError(
+                    f"EvalProtocol {self.name!r}: set_max_prompts.{set_name}={cap!r}; must be an integer >= 1."
+                )
+
+    def prompt_cap(self, set_name: str) -> int | None:
+        """How many rows of ``set_name`` are evaluated (the first N): the tighter of ``max_prompts`` and
+        ``set_max_prompts[set_name]``; ``None`` for all."""
+        caps = [c for c in (self.max_prompts, self.set_max_prompts.get(set_name)) if c is not None]
+        return min(caps) if caps else None
+
+    def row_references(self, refs: list[str]) -> list[str]:
+        """The references a row is scored against: all of them, or the first (``references=first``)."""
+        return list(refs[:1]) if self.references == "first" else list(refs)
 
     def new_token_budget(self) -> int:
         """New tokens per prompt: ``max_total - max_prompt`` (DSKD), capped by ``max_new_tokens``."""
@@ -148,6 +201,9 @@ class EvalProtocol:
             "max_new_tokens": self.max_new_tokens,
             "stop": self.stop,
             "batch_size": self.batch_size,
+            "add_special_tokens": self.add_special_tokens,
+            "stop_rule": self.stop_rule,
+            "keep_stop": self.keep_stop,
         }
 
     def replace(self, **changes: Any) -> EvalProtocol:

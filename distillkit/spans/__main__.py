@@ -7,7 +7,9 @@
 
 ``inspect`` prints each span (characters, kind, the token indices it maps to on each tokenizer);
 ``align`` prints the co-segmentation groups of two tokenizers. ``--json`` prints a JSON list instead
-of tables. Errors are one line on stderr, exit code 2.
+of tables. Errors are one line on stderr, exit code 2. Texts are tokenized as data preparation
+tokenizes them (``distillkit.data.encode.tokenize_text``): a literal special-token string in ``--text``
+is text, and the only special tokens are the tokenizer's own additions (a BOS), never aligned.
 """
 
 from __future__ import annotations
@@ -82,14 +84,12 @@ def _load_tokenizers(paths: list[str]) -> dict[str, Any]:
 def _encode(tokenizer: Any, text: str) -> tuple[list[tuple[int, int]], list[bool], list[str]]:
     if not getattr(tokenizer, "is_fast", False):
         raise UsageError(f"{type(tokenizer).__name__} has no character offsets (a fast tokenizer is needed)")
-    enc = tokenizer(text, return_offsets_mapping=True)
-    ids = enc["input_ids"]
-    specials = set(tokenizer.all_special_ids)
-    return (
-        [tuple(o) for o in enc["offset_mapping"]],
-        [i not in specials for i in ids],
-        tokenizer.convert_ids_to_tokens(ids),
-    )
+    from distillkit.data.encode import tokenize_text
+
+    # as data preparation tokenizes text: the text's characters are text (a literal "<|endoftext|>" is
+    # not the EOS id), the only special tokens are the tokenizer's own additions (a BOS)
+    tokens = tokenize_text(tokenizer, text, add_special_tokens=True)
+    return tokens.offsets, [not s for s in tokens.special], tokenizer.convert_ids_to_tokens(tokens.ids)
 
 
 def _read_texts(args: argparse.Namespace) -> list[str]:
