@@ -27,7 +27,9 @@ class Choice(str, Enum):
     def __format__(self, spec: str) -> str:
         return format(str(self.value), spec)
 
-from distillkit.utils.optim import NoDecay
+
+# after Choice: distillkit.utils.optim defines its enum on it
+from distillkit.utils.optim import NoDecay  # noqa: E402
 
 
 class Divergence(str, Enum):
