@@ -238,6 +238,8 @@ class OptimConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.0
     schedule: Schedule = Schedule.cosine
+    # cosine only: decay to this lr instead of 0 (transformers' cosine_with_min_lr; SRA: 5e-6)
+    min_lr: Optional[float] = None
     projector_lr: Optional[float] = None
     # student parameters exempt from weight decay (distillkit/utils/optim.py, docs/fidelity.md):
     # norms_and_biases (DistiLLM/DSKD get_optimizer_params, by module type) | reference_names | none

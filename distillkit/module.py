@@ -146,7 +146,13 @@ class DistillModule(L.LightningModule):
         )
         if schedule is None:
             raise ValueError(f"trainer.optim.schedule={o.schedule!r}; valid: cosine, constant, linear")
+        extra = {}
+        min_lr = getattr(o, "min_lr", None)
+        if min_lr is not None:
+            if schedule != "cosine":
+                raise ValueError(f"trainer.optim.min_lr={min_lr} needs schedule=cosine, got {o.schedule}")
+            schedule, extra = "cosine_with_min_lr", {"scheduler_specific_kwargs": {"min_lr": float(min_lr)}}
         scheduler = get_scheduler(
-            schedule, optimizer, num_warmup_steps=warmup, num_training_steps=max(total, 1)
+            schedule, optimizer, num_warmup_steps=warmup, num_training_steps=max(total, 1), **extra
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -20,6 +20,7 @@ TINY = SMALL + [
     "callbacks=none",
     "trainer.fast_dev_run=true",
     "layer_map=reference",
+    "model.student.lora=null",  # an experiment's LoRA targets name its own family's layers, not GPT-2's
 ]
 
 

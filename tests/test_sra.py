@@ -208,3 +208,24 @@ def test_sra_on_shrunken_qwen_to_gpt2_with_the_real_tokenizers_on_dolly(tmp_path
     out = train(cfg, tmp_path)
     assert {"train/ce", "train/com", "train/geometric", "train/span_logit"} <= set(out["metrics"])
     assert all(torch.isfinite(torch.tensor(out["metrics"][k])) for k in out["metrics"])
+
+
+def test_every_sra_ablation_composes_on_the_paper_setting_and_is_tagged():
+    from tests.helpers import group_options
+
+    options = group_options("sra_ablation")
+    assert {"no_com", "no_geometric", "no_span_logit", "reference_lcs", "mean_pooling", "no_salience"} <= set(
+        options
+    )
+    for opt in options:
+        cfg = compose_cfg(["experiment=sra_qwen_gpt2", f"sra_ablation={opt}"])
+        assert cfg.tags.ablation == opt and cfg.method._target_.endswith("SRA")
+    cfg = compose_cfg(["experiment=sra_qwen_gpt2", "sra_ablation=last_layer"])
+    assert cfg.layer_map.kind.value == "last"
+    cfg = compose_cfg(["experiment=sra_qwen_gpt2"])
+    assert (cfg.trainer.max_epochs, cfg.trainer.optim.min_lr, cfg.trainer.gradient_clip_val) == (
+        15,
+        5e-6,
+        None,
+    )
+    assert list(cfg.model.sra_teacher_layers) == [22, 24] and list(cfg.model.sra_student_layers) == [11, 12]

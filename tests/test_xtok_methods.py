@@ -39,7 +39,9 @@ RUN = SMALL + ["callbacks=none", "trainer.max_steps=2", "data.synthetic.n_train=
 def test_every_method_runs_on_both_tiny_pair_shapes(method, pair, tmp_path):
     cfg = compose_cfg(RUN + [f"method={method}", f"model={pair}"], tmp_path)
     if method == "dskd" and pair == "tiny-xtok":
-        with pytest.raises(MethodSetupError, match="dskd needs one shared vocabulary.*dskd_cma or dskdv2_eta"):
+        with pytest.raises(
+            MethodSetupError, match="dskd needs one shared vocabulary.*dskd_cma or dskdv2_eta"
+        ):
             train(cfg, tmp_path)
         return
     out = train(cfg, tmp_path)

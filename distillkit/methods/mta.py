@@ -69,6 +69,11 @@ class MTAConfig(ObjectiveConfig):
     projector_init: ProjectorInit = ProjectorInit.default
     membership_rule: MembershipRule = MembershipRule.reference
     span_region: SpanRegion = SpanRegion.all
+    # cross-tokenizer reference (ctkd.md §3.9, MTA-DSKD2@7831d10): weights normalized over the whole
+    # sequence (false) instead of over the in-span tokens (true, the same-tokenizer reference), and the
+    # student centres compared unprojected (false) or through P_k (true, voluyen@18ef54b2)
+    in_span_normalization: bool = True
+    project_student: bool = False
     # wiring (conf/method/mta.yaml interpolates them from the run config)
     layer_map: Any = None  # the `layer_map` group's node
     reference_layers: Any = None  # {pair, teacher, student}: the model pair's reference map
@@ -219,6 +224,8 @@ class MTA(Objective):
                     h = teacher.hidden_states[layer].float()
                     raw = self._token_weights(teacher, layer, h, t_mask, entropy_logits)
                 raw_weights[side, layer] = raw
+            if not self.cfg.in_span_normalization:  # cross-tokenizer reference: no in-span renormalization
+                return raw_weights[side, layer]
             key = (side, layer, id(membership))
             if key not in unit_weights:
                 # same-tokenizer path: weights of tokens inside the units sum to one per sample
@@ -239,6 +246,8 @@ class MTA(Objective):
                 with record_function("mta.pooling"):
                     c_s, _ = pool_spans(h_s, s_mem, w_s)
                     c_t, m_t = pool_spans(h_t, t_mem, w_t)
+                    if self.cfg.project_student:
+                        c_s = self.projectors[k](c_s)
                 with record_function("mta.dsa"):
                     dsa.append(dsa_loss(c_s, c_t, m_t, grid.span_mask))
                 del c_s, c_t, m_t
