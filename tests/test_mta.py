@@ -23,10 +23,10 @@ def test_reference_layer_maps_and_the_word_phrase_split():
         (36, 9, "phrase"),
         (48, 12, "phrase"),
     ]
-    cfg = compose_cfg(["model=qwen-to-gpt2", "layer_map.num_pairs=2"])
+    cfg = compose_cfg(["model=qwen-to-gpt2", "layer_map.num_pairs=2"])  # the deepest two, as the scripts
     assert [(p.teacher, p.student) for p in resolve_layer_map(cfg.layer_map, cfg.model, 24, 12)] == [
-        (6, 2),
-        (12, 4),
+        (18, 6),
+        (24, 8),
     ]
     cfg = compose_cfg(["layer_map=uniform", "layer_map.num_pairs=3"])
     assert [(p.teacher, p.student) for p in resolve_layer_map(cfg.layer_map, cfg.model, 6, 3)] == [

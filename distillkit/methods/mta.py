@@ -55,6 +55,26 @@ class MembershipRule(str, Enum):
     exact = "exact"  # the token's characters lie inside the span
 
 
+class QueryRows(str, Enum):
+    all = "all"  # self-similarity column mean over all L query rows, padding rows included (reference)
+    valid = "valid"  # over the real query rows only (distillkit's earlier choice)
+
+
+class MultiUnit(str, Enum):
+    per_pair = "per_pair"  # a token inside k units counts k times (the reference's (token, unit) pairs)
+    once = "once"  # a token counts once however many units hold it (distillkit's earlier choice)
+
+
+class EntropyScope(str, Enum):
+    masses = "masses"  # entropy weights replace the teacher's span masses and HRA weights only (reference)
+    all = "all"  # they also pool the teacher centres (distillkit's earlier choice)
+
+
+class UniformMass(str, Enum):
+    ones = "ones"  # weights=uniform: token weights 1 and every span mass 1 (the reference's --no-weight)
+    shares = "shares"  # uniform weights renormalized per sample: masses become token shares (earlier)
+
+
 class SpanRegion(str, Enum):
     all = "all"  # prompt + response (the reference)
     response = "response"
@@ -74,6 +94,11 @@ class MTAConfig(ObjectiveConfig):
     # student centres compared unprojected (false) or through P_k (true, voluyen@18ef54b2)
     in_span_normalization: bool = True
     project_student: bool = False
+    # the reference's rules (docs/fidelity.md, MTA): each default is the authors' code, the other ours
+    ss_query_rows: QueryRows = QueryRows.all
+    multi_unit: MultiUnit = MultiUnit.per_pair
+    entropy_scope: EntropyScope = EntropyScope.masses
+    uniform_mass: UniformMass = UniformMass.ones
     # wiring (conf/method/mta.yaml interpolates them from the run config)
     layer_map: Any = None  # the `layer_map` group's node
     reference_layers: Any = None  # {pair, teacher, student}: the model pair's reference map
@@ -186,9 +211,9 @@ class MTA(Objective):
             return uniform_weights(mask)
         if self.weighting == "attention":
             return attention_received_weights(out.attentions[max(layer - 1, 0)], mask)
-        if self.weighting == "entropy" and teacher_logits is not None:
+        if self.weighting == "entropy" and teacher_logits is not None and value(self.cfg.entropy_scope) == "all":
             return entropy_weights(teacher_logits, mask)
-        return self_similarity_weights(hidden, mask)
+        return self_similarity_weights(hidden, mask, value(self.cfg.ss_query_rows))
 
     def forward(self, student, teacher, batch, active):
         """``dsa`` and ``hra``, each the mean over the mapped pairs.
@@ -205,6 +230,10 @@ class MTA(Objective):
         s_mask, t_mask = s_side.attention_mask, t_side.attention_mask
         entropy_logits = teacher.logits if self.weighting == "entropy" else None
         inside_masks: dict[int, Tensor] = {}  # id(membership) -> (B, L) tokens inside its units
+        counts: dict[int, Tensor] = {}  # id(membership) -> (B, L) how many units hold each token
+        per_pair = value(self.cfg.multi_unit) == "per_pair"
+        ones_mass = self.weighting == "uniform" and value(self.cfg.uniform_mass) == "ones"
+        entropy_masses = self.weighting == "entropy" and value(self.cfg.entropy_scope) == "masses"
         raw_weights: dict[tuple[str, int], Tensor] = {}  # (side, layer) -> token weights
         unit_weights: dict[tuple[str, int, int], Tensor] = {}  # + id(membership) -> renormalized
 
@@ -213,6 +242,25 @@ class MTA(Objective):
                 B = membership.span_mask.shape[0]
                 inside_masks[id(membership)] = token_mask_from_membership(membership, B, membership.seq_len)
             return inside_masks[id(membership)]
+
+        def count(membership) -> Tensor:
+            """(B, L) float: the units holding each token (the reference's (token, unit) pairs)."""
+            if id(membership) not in counts:
+                B, L = membership.span_mask.shape[0], membership.seq_len
+                c = torch.bincount(membership.token_index, minlength=B * L)
+                counts[id(membership)] = c.view(B, L).float()
+            return counts[id(membership)]
+
+        def renormalize(w: Tensor, membership) -> Tensor:
+            """In-span renormalization (``gather_layer_weights``): per sample over the in-unit tokens,
+            each token counted once per unit holding it (``multi_unit=per_pair``) or once."""
+            if per_pair:
+                total = (w * count(membership)).sum(dim=1, keepdim=True)
+                return w * inside(membership) / total.clamp_min(1e-12)
+            return normalize_in_spans(w, membership, inside=inside(membership))
+
+        def hra_weights(w: Tensor, membership) -> Tensor:
+            return w * count(membership) if per_pair else w
 
         def weights(side: str, layer: int, membership) -> Tensor:
             """One model layer's token weights, renormalized over the units of ``membership``."""
@@ -224,15 +272,26 @@ class MTA(Objective):
                     h = teacher.hidden_states[layer].float()
                     raw = self._token_weights(teacher, layer, h, t_mask, entropy_logits)
                 raw_weights[side, layer] = raw
-            if not self.cfg.in_span_normalization:  # cross-tokenizer reference: no in-span renormalization
+            if not self.cfg.in_span_normalization or ones_mass:
+                # the cross-tokenizer reference (no in-span renormalization); --no-weight (weights 1)
                 return raw_weights[side, layer]
             key = (side, layer, id(membership))
             if key not in unit_weights:
                 # same-tokenizer path: weights of tokens inside the units sum to one per sample
-                unit_weights[key] = normalize_in_spans(
-                    raw_weights[side, layer], membership, inside=inside(membership)
-                )
+                unit_weights[key] = renormalize(raw_weights[side, layer], membership)
             return unit_weights[key]
+
+        entropy_cache: dict[int, Tensor] = {}
+
+        def mass_weights(membership, w_t: Tensor) -> Tensor:
+            """The teacher weights of the span masses and of HRA: the centre weights, or (entropy weights,
+            the reference) the teacher-confidence weights renormalized the same way."""
+            if not entropy_masses:
+                return w_t
+            if id(membership) not in entropy_cache:
+                raw = entropy_weights(teacher.logits, t_mask)
+                entropy_cache[id(membership)] = renormalize(raw, membership) if self.cfg.in_span_normalization else raw
+            return entropy_cache[id(membership)]
 
         dsa, hra = [], []
         for k, pair in enumerate(self.pairs):
@@ -242,10 +301,15 @@ class MTA(Objective):
             with record_function("mta.weights"):
                 w_s = weights("student", pair.student, s_mem)
                 w_t = weights("teacher", pair.teacher, t_mem)
+            w_m = mass_weights(t_mem, w_t)
             if want_dsa:
                 with record_function("mta.pooling"):
                     c_s, _ = pool_spans(h_s, s_mem, w_s)
                     c_t, m_t = pool_spans(h_t, t_mem, w_t)
+                    if ones_mass:  # --no-weight: every span weighs 1
+                        m_t = grid.span_mask.float()
+                    elif entropy_masses:
+                        _, m_t = pool_spans(h_t, t_mem, w_m)
                     if self.cfg.project_student:
                         c_s = self.projectors[k](c_s)
                 with record_function("mta.dsa"):
@@ -255,7 +319,7 @@ class MTA(Objective):
                 with record_function("mta.projector"):
                     projected = self.projectors[k](h_s.float())
                 with record_function("mta.hra"):
-                    hra.append(hra_loss(projected, h_t, w_t, inside(s_mem)))
+                    hra.append(hra_loss(projected, h_t, hra_weights(w_m, s_mem), inside(s_mem)))
                 del projected  # only the loss's own saved tensors stay alive for the backward
         if dsa:
             terms["dsa"] = torch.stack(dsa).mean()

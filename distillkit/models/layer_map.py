@@ -45,18 +45,23 @@ def resolve_layer_map(
             raise ValueError(
                 f"layer_map.num_pairs={lm.num_pairs}; the reference map of {pair.name} has {len(t)} pairs"
             )
-        t, s = t[: lm.num_pairs], s[: lm.num_pairs]
+        # the reference scripts keep the DEEPEST K pairs (1 layer = the last pair, at phrase level:
+        # split 0 0 1 1; 2 layers = the last two, the first of them word level: split 0 1 2 2)
+        t, s = t[-lm.num_pairs :], s[-lm.num_pairs :]
     for name, idx, depth in (("teacher", t, n_teacher), ("student", s, n_student)):
         bad = [i for i in idx if not 0 <= int(i) <= depth]
         if bad:
             raise ValueError(
                 f"layer_map: {name} indices {bad} are out of range: the {name} has {depth} layers, so "
-                f"hidden_states indices run 0..{depth} (0 = embeddings). Use layer_map=explicit or uniform."
+                f"hidden_states indices run 0..{depth} (0 = embeddings). Change the indices (layer_map=explicit), or use layer_map=uniform or last."
             )
     levels = []
     for i in range(len(t)):
         if level_override in ("word", "phrase"):
             levels.append(level_override)
         else:
-            levels.append("word" if i < int(lm.word_pairs) else "phrase")
+            word_pairs = int(lm.word_pairs)
+            if kind == "reference" and lm.num_pairs is not None:
+                word_pairs = min(word_pairs, len(t) - 1)  # one kept pair is phrase level (split 0 0 1 1)
+            levels.append("word" if i < word_pairs else "phrase")
     return [LayerPair(int(a), int(b), lv) for a, b, lv in zip(t, s, levels)]

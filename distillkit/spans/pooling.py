@@ -141,15 +141,19 @@ def _column_mean_over_queries(attn: Tensor, mask: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def self_similarity_weights(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+def self_similarity_weights(hidden: Tensor, attention_mask: Tensor, query_rows: str = "valid") -> Tensor:
     """MTA's parameter-free salience (papers.md §2.2), detached, ``(B, L)`` float32.
 
     ``Hn = H / (std_D(H) + 1e-5)`` (torch's default, unbiased std over the hidden dimension);
     ``A = softmax_row(Hn Hn^T / sqrt(D))`` with pad keys and the diagonal masked out; ``A`` is
     multiplied by the key mask and renormalized; ``w_j`` is the column mean over the valid query
-    rows. Over a sample with at least two real tokens the weights sum to one; padding gets 0.
+    rows (``query_rows="valid"``) or over all ``L`` rows, padding rows included (``"all"``: the MTA
+    reference's ``compute_token_weights``, ``mean(dim=1)``; a padding row is a distribution over the real
+    keys too). Over a sample with at least two real tokens the weights sum to one; padding gets 0.
     Memory: one ``(B, L, L)`` float32 matrix.
     """
+    if query_rows not in ("valid", "all"):
+        raise ValueError(f"query_rows={query_rows!r}; valid: valid, all")
     if hidden.dim() != 3 or attention_mask.shape != hidden.shape[:2]:
         raise ValueError(
             f"need hidden (B, L, D) and attention_mask (B, L); got {tuple(hidden.shape)}, {tuple(attention_mask.shape)}"
@@ -167,6 +171,8 @@ def self_similarity_weights(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     attn = torch.softmax(scores, dim=-1).masked_fill_(blocked, 0.0)
     del scores
     attn.div_(attn.sum(dim=-1, keepdim=True).clamp_min_(torch.finfo(attn.dtype).tiny))
+    if query_rows == "all":
+        return (attn.mean(dim=1) * keys).float()
     return _column_mean_over_queries(attn, keys).float()
 
 
