@@ -26,7 +26,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-BENCHMARKS = ("spans", "methods")
+BENCHMARKS = ("spans", "methods", "xtok")
 
 
 def _env() -> dict[str, str]:
@@ -43,7 +43,9 @@ def commands(quick: bool) -> dict[str, list[str]]:
     spans = [py, "benchmarks/bench_spans.py"] + (["--quick"] if quick else ["--repeat", "2"])
     methods = [py, "benchmarks/bench_methods.py"]
     methods += ["--shape", "tiny", "--repeat", "1", "--warmup", "0"] if quick else ["--repeat", "5"]
-    return {"spans": spans, "methods": methods}
+    xtok = [py, "benchmarks/bench_xtok.py"]
+    xtok += ["--shape", "tiny", "--rounds", "1", "--steps", "1"] if quick else ["--rounds", "3"]
+    return {"spans": spans, "methods": methods, "xtok": xtok}
 
 
 def check(measure: str, value: float, target: float, higher_is_better: bool) -> dict[str, Any]:

@@ -105,3 +105,31 @@ def test_parent_spawns_children_and_writes_json(tmp_path):
     assert result["targets"] == bm.TARGETS
     assert result["ratios"]["mta_step_ratio"] > 0 and result["ratios"]["mta_memory_ratio"] > 0
     assert "mta / kd" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cross_tokenizer_bench_runs_children_and_writes_ratios_against_uld(tmp_path):
+    out = tmp_path / "xtok.json"
+    cmd = [
+        sys.executable,
+        "benchmarks/bench_xtok.py",
+        "--shape",
+        "tiny",
+        "--rounds",
+        "1",
+        "--steps",
+        "1",
+        "--methods",
+        "uld",
+        "sra",
+        "sra_eager",
+        "--out",
+        str(out),
+    ]
+    subprocess.run(
+        cmd, check=True, capture_output=True, text=True, timeout=600, cwd=Path(__file__).parents[1]
+    )
+    methods = json.loads(out.read_text())["methods"]
+    assert methods["uld"]["step_ratio_vs_uld"] == 1.0
+    for name in ("sra", "sra_eager"):
+        assert methods[name]["step_ratio_vs_uld"] > 0 and methods[name]["memory_ratio_vs_uld"] is not None
