@@ -77,3 +77,35 @@ def stop_at(step: int, sig: str = "SIGTERM") -> list[str]:
         f"+callbacks.stop.step={step}",
         f"+callbacks.stop.signal={sig}",
     ]
+
+
+def shrunken_qwen_to_gpt2(data_root: Path, teacher_layers: int = 2) -> list[str]:
+    """``model=qwen-to-gpt2`` shrunk to a few random-init layers with the real Qwen2 / GPT-2 tokenizers of
+    the data root, on a handful of real Dolly rows (``data=dolly_smoke``), training one step quietly."""
+    tok = Path(data_root) / "tokenizers"
+    return [
+        "model=qwen-to-gpt2",
+        "data=dolly_smoke",
+        f"data.root={data_root}",
+        "model.teacher.init=random",
+        "model.student.init=random",
+        f"model.teacher.tokenizer={tok / 'qwen2'}",
+        f"model.student.tokenizer={tok / 'gpt2'}",
+        f"model.teacher.layers={teacher_layers}",
+        "model.teacher.hidden=64",
+        "model.teacher.heads=4",
+        "model.teacher.intermediate=128",
+        "model.teacher.dtype=float32",
+        "model.student.layers=2",
+        "model.student.hidden=32",
+        "model.student.heads=2",
+        "model.student.intermediate=64",
+        "data.max_dev_rows=4",
+        "data.batch_size=4",
+        "trainer.max_epochs=1",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+        "callbacks=none",
+        "final_eval=false",
+        "export=false",
+    ]

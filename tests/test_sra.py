@@ -14,7 +14,7 @@ from distillkit.models.pair import LoadedModel, load_tokenizer
 from distillkit.module import run_forward
 from distillkit.pipeline import train
 from distillkit.spans.pooling import pool_spans
-from tests.helpers import SMALL, compose_cfg
+from tests.helpers import SMALL, compose_cfg, shrunken_qwen_to_gpt2
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -168,41 +168,10 @@ def test_sra_takes_a_base_objective_with_one_override(tmp_path):
 
 
 def test_sra_on_shrunken_qwen_to_gpt2_with_the_real_tokenizers_on_dolly(tmp_path, data_root):
-    tokenizers = data_root / "tokenizers"
     cfg = compose_cfg(
-        [
-            "method=sra",
-            "model=qwen-to-gpt2",
-            "data=dolly_smoke",
-            f"data.root={data_root}",
-            "model.teacher.init=random",
-            "model.student.init=random",
-            f"model.teacher.tokenizer={tokenizers / 'qwen2'}",
-            f"model.student.tokenizer={tokenizers / 'gpt2'}",
-            "model.teacher.layers=4",
-            "model.teacher.hidden=64",
-            "model.teacher.heads=4",
-            "model.teacher.intermediate=128",
-            "model.teacher.dtype=float32",
-            "model.student.layers=2",
-            "model.student.hidden=32",
-            "model.student.heads=2",
-            "model.student.intermediate=64",
-            "layer_map=explicit",
-            "layer_map.teacher=[2,4]",
-            "layer_map.student=[1,2]",
-            "data.max_train_rows=16",
-            "data.max_dev_rows=4",
-            "data.batch_size=4",
-            "trainer.max_steps=2",
-            "trainer.max_epochs=1",
-            "trainer.log_every_n_steps=1",
-            "trainer.enable_progress_bar=false",
-            "logger=none",
-            "callbacks=none",
-            "final_eval=false",
-            "export=false",
-        ],
+        ["method=sra", *shrunken_qwen_to_gpt2(data_root, teacher_layers=4)]
+        + ["layer_map=explicit", "layer_map.teacher=[2,4]", "layer_map.student=[1,2]"]
+        + ["data.max_train_rows=16", "trainer.max_steps=2", "trainer.log_every_n_steps=1"],
         tmp_path,
     )
     out = train(cfg, tmp_path)

@@ -10,7 +10,7 @@ import torch
 from distillkit.data.datamodule import collate
 from distillkit.methods.base import MethodSetupError
 from distillkit.pipeline import train
-from tests.helpers import SMALL, compose_cfg
+from tests.helpers import SMALL, compose_cfg, shrunken_qwen_to_gpt2
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -116,35 +116,12 @@ def test_auxiliary_objectives_stand_on_a_cross_tokenizer_base(overrides, tmp_pat
 @pytest.mark.slow
 @pytest.mark.parametrize("method", sorted(TERMS))
 def test_every_method_on_shrunken_qwen_to_gpt2_with_the_real_tokenizers(method, tmp_path, data_root):
-    tok = data_root / "tokenizers"
     cfg = compose_cfg(
         [
             f"method={method}",
-            "model=qwen-to-gpt2",
-            "data=dolly_smoke",
-            f"data.root={data_root}",
-            "model.teacher.init=random",
-            "model.student.init=random",
-            f"model.teacher.tokenizer={tok / 'qwen2'}",
-            f"model.student.tokenizer={tok / 'gpt2'}",
-            "model.teacher.layers=2",
-            "model.teacher.hidden=64",
-            "model.teacher.heads=4",
-            "model.teacher.intermediate=128",
-            "model.teacher.dtype=float32",
-            "model.student.layers=2",
-            "model.student.hidden=32",
-            "model.student.heads=2",
-            "model.student.intermediate=64",
+            *shrunken_qwen_to_gpt2(data_root),
             "data.max_train_rows=12",
-            "data.max_dev_rows=4",
-            "data.batch_size=4",
             "trainer.max_steps=1",
-            "trainer.enable_progress_bar=false",
-            "logger=none",
-            "callbacks=none",
-            "final_eval=false",
-            "export=false",
         ],
         tmp_path,
     )

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from distillkit.config import value
 from distillkit.losses import dskd_cma_terms, dskd_terms
 from distillkit.methods.base import MethodSetupError
-from distillkit.methods.xtok_common import XTokConfig, XTokObjective, linear
+from distillkit.methods.xtok_common import DUAL_SPACE_TERMS, DualSpaceObjective, XTokConfig, linear
 from distillkit.types import Needs
 
-TERMS = ("t2s_ce", "t2s_kd", "s2t_kd")
+TERMS = DUAL_SPACE_TERMS
 
 
 @dataclass
@@ -35,7 +35,7 @@ class DSKDConfig(XTokConfig):
     projector_lr: float | None = 1e-3
 
 
-class DSKD(XTokObjective):
+class DSKD(DualSpaceObjective):
     name = "dskd"
     Config = DSKDConfig
 
@@ -52,20 +52,6 @@ class DSKD(XTokObjective):
         self.n_s, self.n_t = student.num_layers, teacher.num_layers
         self.t2s = linear(teacher.hidden_size, student.hidden_size)
         self.s2t = linear(student.hidden_size, teacher.hidden_size)
-
-    def structural_weights(self) -> dict[str, float]:
-        return dict.fromkeys(TERMS, 1.0)
-
-    def tags(self):
-        return {"divergence": value(self.cfg.divergence), "temperature": self.cfg.temperature}
-
-    @property
-    def student_needs(self) -> Needs:
-        return Needs(logits=True, hidden_states=(-1,), head=True)
-
-    @property
-    def teacher_needs(self) -> Needs:
-        return Needs(logits=True, hidden_states=(-1,), head=True)
 
     def forward(self, student, teacher, batch, active):
         if not active & set(TERMS):

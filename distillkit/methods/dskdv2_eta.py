@@ -26,9 +26,8 @@ from torch import nn
 from distillkit.config import value
 from distillkit.losses import eta_pinv_init, eta_s2t_matrix, eta_terms
 from distillkit.methods.base import MethodSetupError
-from distillkit.methods.dskd import TERMS
-from distillkit.methods.xtok_common import XTokConfig, XTokObjective
-from distillkit.types import Needs
+from distillkit.methods.xtok_common import DUAL_SPACE_TERMS as TERMS
+from distillkit.methods.xtok_common import DualSpaceObjective, XTokConfig
 
 
 @dataclass
@@ -40,7 +39,7 @@ class DSKDv2ETAConfig(XTokConfig):
     min_overlap: float = 0.05  # fail in setup below this overlap fraction of the smaller vocabulary
 
 
-class DSKDv2ETA(XTokObjective):
+class DSKDv2ETA(DualSpaceObjective):
     name = "dskdv2_eta"
     Config = DSKDv2ETAConfig
 
@@ -83,20 +82,6 @@ class DSKDv2ETA(XTokObjective):
         self.overlap_student_ids = s_ids
         self.pinv_teacher = pinv_t
         self.teacher_to_student = vmap.t2s.long()
-
-    def structural_weights(self) -> dict[str, float]:
-        return dict.fromkeys(TERMS, 1.0)
-
-    def tags(self):
-        return {"divergence": value(self.cfg.divergence), "temperature": self.cfg.temperature}
-
-    @property
-    def student_needs(self) -> Needs:
-        return Needs(logits=True, hidden_states=(-1,), head=True)
-
-    @property
-    def teacher_needs(self) -> Needs:
-        return Needs(logits=True, hidden_states=(-1,), head=True)
 
     def forward(self, student, teacher, batch, active):
         if not active & set(TERMS):

@@ -211,7 +211,11 @@ class MTA(Objective):
             return uniform_weights(mask)
         if self.weighting == "attention":
             return attention_received_weights(out.attentions[max(layer - 1, 0)], mask)
-        if self.weighting == "entropy" and teacher_logits is not None and value(self.cfg.entropy_scope) == "all":
+        if (
+            self.weighting == "entropy"
+            and teacher_logits is not None
+            and value(self.cfg.entropy_scope) == "all"
+        ):
             return entropy_weights(teacher_logits, mask)
         return self_similarity_weights(hidden, mask, value(self.cfg.ss_query_rows))
 
@@ -290,7 +294,9 @@ class MTA(Objective):
                 return w_t
             if id(membership) not in entropy_cache:
                 raw = entropy_weights(teacher.logits, t_mask)
-                entropy_cache[id(membership)] = renormalize(raw, membership) if self.cfg.in_span_normalization else raw
+                entropy_cache[id(membership)] = (
+                    renormalize(raw, membership) if self.cfg.in_span_normalization else raw
+                )
             return entropy_cache[id(membership)]
 
         dsa, hra = [], []

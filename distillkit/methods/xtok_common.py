@@ -9,6 +9,7 @@ from torch import nn
 
 from distillkit.config import Divergence
 from distillkit.methods.base import Objective, ObjectiveConfig
+from distillkit.types import Needs
 
 
 @dataclass
@@ -45,3 +46,27 @@ class XTokObjective(Objective):
 def linear(d_in: int, d_out: int, bias: bool = True) -> nn.Linear:
     """DSKD's projector: ``nn.Linear`` with PyTorch's default init (``projector_config.json``)."""
     return nn.Linear(d_in, d_out, bias=bias)
+
+
+#: the dual-space terms of DSKD, DSKD-CMA and DSKDv2-ETA: kd = t2s_ce + t2s_kd + s2t_kd
+DUAL_SPACE_TERMS = ("t2s_ce", "t2s_kd", "s2t_kd")
+
+
+class DualSpaceObjective(XTokObjective):
+    """The DSKD family: the three dual-space terms at weight 1, both last hidden states and both heads."""
+
+    def structural_weights(self) -> dict[str, float]:
+        return dict.fromkeys(DUAL_SPACE_TERMS, 1.0)
+
+    def tags(self) -> dict[str, Any]:
+        from distillkit.config import value
+
+        return {"divergence": value(self.cfg.divergence), "temperature": self.cfg.temperature}
+
+    @property
+    def student_needs(self) -> Needs:
+        return Needs(logits=True, hidden_states=(-1,), head=True)
+
+    @property
+    def teacher_needs(self) -> Needs:
+        return Needs(logits=True, hidden_states=(-1,), head=True)
