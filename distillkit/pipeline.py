@@ -403,7 +403,7 @@ def train(
     s_tok = load_tokenizer(trainee_side.tokenizer or trainee_side.path, trainee_role, cfg.cache_dir)
     teacher: LoadedModel | None = None
     weights: Path | None = None
-    if stage == "distill" and method.teacher_needs is not None:
+    if stage == "distill" and method.needs_teacher_model:
         t_tok = load_tokenizer(
             cfg.model.teacher.tokenizer or cfg.model.teacher.path, "teacher", cfg.cache_dir
         )
@@ -431,6 +431,7 @@ def train(
         teacher.tokenizer if teacher is not None else student.tokenizer,
         annotators=method.annotators(teacher, student),
         shared_tokenizer=shared,
+        row_transforms=method.data_transforms(teacher, student),
     )
     dm.setup("fit")
     module = DistillModule(student, teacher, method, cfg.trainer.optim)

@@ -155,8 +155,11 @@ class DistillDataModule(L.LightningDataModule):
         teacher_tokenizer: Any,
         annotators: list[Annotator] | None = None,
         shared_tokenizer: bool = False,
+        row_transforms: list[Callable[[str, list[dict], Any], list[dict]]] | None = None,
     ):
         super().__init__()
+        #: applied to each split's rows before tokenization (SeqKD: the teacher's responses)
+        self.row_transforms = list(row_transforms or [])
         self.cfg = cfg
         self.student_tokenizer = student_tokenizer
         self.teacher_tokenizer = teacher_tokenizer
@@ -174,6 +177,8 @@ class DistillDataModule(L.LightningDataModule):
         splits, source_report = load_splits(self.cfg)
         self.report = {"source": source_report.as_dict(), "filtered": {}, "annotations": {}}
         for split, rows in splits.items():
+            for transform in self.row_transforms:
+                rows = transform(split, rows, self.cfg)
             kept_rows, examples = self._encode_split(split, rows, source_report)
             self.rows[split] = kept_rows
             self.examples[split] = examples

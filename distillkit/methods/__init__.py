@@ -17,6 +17,7 @@ from distillkit.methods.kd import KD
 from distillkit.methods.mined import MinED
 from distillkit.methods.mta import MTA
 from distillkit.methods.multilevel_ot import MultiLevelOT
+from distillkit.methods.seqkd import SeqKD
 from distillkit.methods.sft import SFT
 from distillkit.methods.sra import SRA
 from distillkit.methods.uld import ULD
@@ -34,6 +35,7 @@ OBJECTIVES: dict[str, tuple[type[Objective], float]] = {
     "dskd_cma": (DSKDCMA, 0.5),
     "dskdv2_eta": (DSKDv2ETA, 0.5),
     "multilevel_ot": (MultiLevelOT, 0.5),
+    "seqkd": (SeqKD, 0.0),
 }
 
 

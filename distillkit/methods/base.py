@@ -86,6 +86,14 @@ class Objective(nn.Module):
         """Data-preparation steps (span grids, token pairs) run once per split, never in the step."""
         return []
 
+    #: the teacher model is needed in data preparation even when the step runs no teacher forward (SeqKD)
+    needs_teacher_model: ClassVar[bool] = False
+
+    def data_transforms(self, teacher: Any, student: Any) -> list[Callable]:
+        """Row transforms ``(split, rows, data_cfg) -> rows`` applied before tokenization (SeqKD swaps the
+        train responses for the teacher's generations), once, in data preparation."""
+        return []
+
     def setup(self, teacher: Any, student: Any) -> None:
         """Build projectors and check the pair (``LoadedModel``s; ``teacher`` is None without one)."""
 
@@ -171,6 +179,13 @@ class Method(nn.Module):
 
     def annotators(self, teacher: Any, student: Any) -> list[Callable]:
         return [a for obj in self.objectives for a in obj.annotators(teacher, student)]
+
+    @property
+    def needs_teacher_model(self) -> bool:
+        return self.teacher_needs is not None or any(o.needs_teacher_model for o in self.objectives)
+
+    def data_transforms(self, teacher: Any, student: Any) -> list[Callable]:
+        return [t for obj in self.objectives for t in obj.data_transforms(teacher, student)]
 
     def setup(self, teacher: Any, student: Any) -> None:
         # a multiplier of 1 on a term this composition lacks (terms.kd under method/base=sft) is harmless
