@@ -4,8 +4,9 @@
 
 The bench pair: a random-init GPT-2 teacher (8 layers, d=512) with a byte-level BPE and a GPT-2 student
 (4 layers, d=256) with a ``▁`` Unigram, both tokenizers trained here on the synthetic corpus (~4k
-tokens each; ``--shape tiny`` shrinks everything for a smoke run), on batches of 8 synthetic rows
-padded to the batch's longest. Everything a method aligns is built in data preparation, before timing:
+tokens each; ``--shape tiny`` shrinks everything for a smoke run), on a batch of the 8 longest of the
+first 200 real Dolly train rows (``$DISTILLKIT_DATA_ROOT``; up to 256 tokens, about 8 x 256) or, without a
+data root, of synthetic rows (short: about 8 x 40). Everything a method aligns is built in data preparation, before timing:
 the timed step is ``compute_terms`` + ``weighted_loss`` + ``backward`` + ``AdamW.step``.
 
 Each (method, round) runs in its own child process, so the peak resident memory of one cannot leak into
@@ -52,7 +53,7 @@ METHODS = {
 }
 TARGETS = {"mined": 1.10, "dskdv2_eta": 1.10, "sra": 1.10}
 SHAPES = {
-    "bench": {"teacher": (8, 512, 8), "student": (4, 256, 4), "vocab": 4096, "rows": 64, "batch": 8},
+    "bench": {"teacher": (8, 512, 8), "student": (4, 256, 4), "vocab": 4096, "rows": 200, "batch": 8},
     "tiny": {"teacher": (2, 64, 4), "student": (2, 32, 2), "vocab": 1024, "rows": 16, "batch": 4},
 }
 
@@ -75,15 +76,29 @@ def overrides(shape: str, method: list[str]) -> list[str]:
         "model.teacher_sft.enabled=false",
         "layer_map=uniform",
         "layer_map.num_pairs=2",
-        f"data.synthetic.n_train={s['rows']}",
-        "data.synthetic.n_dev=8",
-        "data.synthetic.n_test=4",
+        *data_overrides(s),
         f"data.batch_size={s['batch']}",
         "logger=none",
         "callbacks=none",
         "trainer.enable_progress_bar=false",
         *method,
     ]
+
+
+def data_overrides(s: dict) -> list[str]:
+    import os
+
+    root = os.environ.get("DISTILLKIT_DATA_ROOT")
+    if root and Path(root, "dolly").is_dir():
+        return [
+            "data=dolly",
+            f"data.root={root}",
+            f"data.max_train_rows={s['rows']}",
+            "data.max_dev_rows=8",
+            "data.max_prompt_tokens=128",
+            "data.max_total_tokens=256",
+        ]
+    return [f"data.synthetic.n_train={s['rows']}", "data.synthetic.n_dev=8", "data.synthetic.n_test=4"]
 
 
 def peak_rss_mb() -> float:
@@ -113,7 +128,8 @@ def run_child(name: str, shape: str, steps: int) -> dict:
             L.Trainer.fit = fit
         prep = time.perf_counter() - started
     module, dm = out["module"], out["datamodule"]
-    batch = collate(dm.examples["train"][: SHAPES[shape]["batch"]])
+    longest = sorted(dm.examples["train"], key=lambda ex: -len(ex.student.input_ids))
+    batch = collate(longest[: SHAPES[shape]["batch"]])
     record = {
         "child": name,
         "prep_s": prep,
