@@ -16,10 +16,10 @@ from tests.helpers import REPO_GROUPS, compose_cfg, group_options
     ("group", "option"), [(g, o) for g in REPO_GROUPS for o in group_options(g)], ids=lambda x: str(x)
 )
 def test_every_option_composes(group, option):
-    extra = ["method=mta"] if group == "ablation" else []  # the ablations are MTA's
+    extra = {"ablation": ["method=mta"], "sra_ablation": ["method=sra"]}.get(group, [])  # MTA's / SRA's
     cfg = compose_cfg([f"{group}={option}", *extra])
     assert cfg.hydra.runtime.choices[group] == option
-    if group not in ("experiment", "ablation", "hparams_search"):  # those are `# @package _global_`
+    if group not in ("experiment", "ablation", "sra_ablation", "hparams_search"):  # those are `# @package _global_`
         assert group in cfg
 
 

@@ -114,6 +114,7 @@ def test_main_tables_have_the_briefed_rows():
     cross = specs["cross_tokenizer_main"]
     assert [r.label for r in cross.rows] == [
         "SFT",
+        "SeqKD",
         "ULD",
         "MinED",
         "DSKD-CMA",
@@ -122,7 +123,7 @@ def test_main_tables_have_the_briefed_rows():
         "SRA",
         "MTA-xtok",
     ]
-    assert "model=qwen-to-gpt2" in cross.scale("paper").overrides
+    assert "experiment=xtok_qwen_gpt2" in cross.scale("paper").overrides  # DSKD's setting, qwen-to-gpt2
     layers = specs["mta_layers"]
     assert [o for r in layers.rows for o in r.overrides if o.startswith("layer_map.")] == [
         f"layer_map.num_pairs={k}" for k in range(1, 6)
