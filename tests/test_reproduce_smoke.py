@@ -23,7 +23,7 @@ scales:
 rows:
   - {label: SFT, overrides: [method=sft]}
   - {label: KD (FKL), overrides: [method=kd, method.divergence=fkl]}
-  - {label: Not implemented, overrides: [method=sra]}
+  - {label: Not implemented, overrides: [method=not_a_method]}
 """
 
 
