@@ -112,6 +112,21 @@ def test_phrase_word_spans_rule():
     ]
 
 
+def test_phrase_word_spans_duplicates_kept_by_default_as_the_reference():
+    """Two partially overlapping phrases sharing two words: the shared first word's unit is produced
+    by both; the reference (a list, never de-duplicated) keeps both copies."""
+    words = [(0, 3), (4, 9), (10, 12), (13, 17)]
+    # phrase 0..3 gives (0,4) (4,10) (10,12); phrase 1..4 gives (4,10) (10,13) (13,17)
+    reference = [(0, 4), (4, 10), (10, 12), (4, 10), (10, 13), (13, 17)]
+    got = phrase_word_spans([(0, 3), (1, 4)], words)
+    assert sorted((w.start, w.end) for w in got) == sorted(reference)
+    assert [(w.start, w.end) for w in got].count((4, 10)) == 2
+    once = phrase_word_spans([(0, 3), (1, 4)], words, duplicate_words="drop")
+    assert sorted((w.start, w.end) for w in once) == sorted(set(reference))
+    with pytest.raises(ValueError, match="duplicate_words 'twice'; valid: keep, drop"):
+        phrase_word_spans([(0, 3)], words, duplicate_words="twice")
+
+
 def leaf_spans(text: str, leaves: list[str]) -> list[tuple[int, int]]:
     spans, pos = [], 0
     for leaf in leaves:
@@ -191,6 +206,7 @@ def fake_stanza_parser(word_units="phrase_words", keep_nested=False) -> StanzaSp
     parser = object.__new__(StanzaSpanParser)
     parser.lang, parser.phrase_labels, parser.model_dir = "en", ("NP", "VP"), None
     parser.word_units, parser.use_gpu, parser.keep_nested = word_units, False, keep_nested
+    parser.duplicate_words = "keep"
     parser._nlp = SimpleNamespace(
         bulk_process=lambda docs: [SimpleNamespace(sentences=sentences) for _ in docs]
     )
@@ -251,3 +267,51 @@ def test_build_parser_and_configs():
             assert cfg._target_ == f"distillkit.spans.parsers.{PARSERS[name].__name__}"
             if name != "stanza":  # no stanza models here
                 assert isinstance(instantiate(cfg), PARSERS[name])
+
+
+def _reference_spans_and_words(doc) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """The reference ``get_spans_offsets`` + ``filter_overlapping_spans`` (voluyen/mta@91dfd377
+    distillm/span_utils.py), rewritten here from its description: verb phrases then noun chunks, a
+    stable sort by (start, -end), a span dropped when it ends inside the last kept one, and each kept
+    phrase's word units appended to a plain list."""
+    from spacy.matcher import Matcher
+
+    from distillkit.spans.parsers import VERB_PHRASE_PATTERN
+
+    matcher = Matcher(doc.vocab)
+    matcher.add("VP", [VERB_PHRASE_PATTERN])
+    candidates = [(doc[a:b].start_char, doc[a:b].end_char, doc[a:b]) for _, a, b in matcher(doc)]
+    candidates += [(nc.start_char, nc.end_char, nc) for nc in doc.noun_chunks]
+    kept: list = []
+    for cand in sorted(candidates, key=lambda c: (c[0], -c[1])):
+        if kept and cand[1] <= kept[-1][1]:
+            continue
+        kept.append(cand)
+    words: list[tuple[int, int]] = []
+    for _, _, p in kept:
+        words += [(p[i - 1].idx, p[i].idx) for i in range(1, len(p))]
+        words.append((p[len(p) - 1].idx, p[len(p) - 1].idx + len(p[len(p) - 1])))
+    return [(a, b) for a, b, _ in kept], words
+
+
+def test_spacy_units_on_dolly_match_the_reference_duplicates_included(spacy_parser, data_root):
+    import json
+
+    rows = [json.loads(line) for line in (data_root / "dolly" / "dev.jsonl").open()][:20]
+    texts = [r["prompt"] + r["output"] for r in rows]
+    ours = spacy_parser.parse(texts)
+    spacy_parser._load()
+    with_duplicates = 0
+    for text, spans in zip(texts, ours):
+        ref_phrases, ref_words = _reference_spans_and_words(spacy_parser._nlp(text))
+        phrases = [(s.start, s.end) for s in spans if s.kind != "word"]
+        words = [(s.start, s.end) for s in spans if s.kind == "word"]
+        assert phrases == ref_phrases
+        assert sorted(words) == sorted(w for w in ref_words if w[1] > w[0])  # a multiset: copies count
+        with_duplicates += len(words) != len(set(words))
+    assert with_duplicates >= 1  # the case the reference keeps and the old default removed
+    dropped = SpacySpanParser(duplicate_words="drop").parse(texts)
+    assert all(
+        len(w := [(s.start, s.end) for s in spans if s.kind == "word"]) == len(set(w)) for spans in dropped
+    )
+    assert sum(map(len, dropped)) < sum(map(len, ours))

@@ -16,9 +16,15 @@ Word units (``word_units``):
   word of a phrase ends with the word. Words outside every NP/VP are never units.
 * ``"all_words"``: every word of the text (spaCy: every non-space token).
 
+Duplicate word units (``duplicate_words``): two partially overlapping kept phrases can yield the same
+word unit twice. The reference (``filter_overlapping_spans`` of ``voluyen/mta@91dfd377``
+``distillm/span_utils.py``) keeps both copies, so that word counts twice in the DSA pair weights and in
+the HRA sums: ``"keep"`` (the default, the reference's behaviour). ``"drop"`` keeps one copy (ours,
+distillkit's earlier default).
+
 Output order of ``parse``: per text, the phrases sorted by ``(start, -end)``, then the word units
-sorted by ``(start, -end)``; word units are de-duplicated (two partially overlapping phrases can
-share a word).
+sorted by ``(start, -end)`` (duplicates next to each other). The reference leaves its word units in
+phrase order; the losses do not depend on the order of units.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from typing import Any, ClassVar
 from distillkit.types import CharSpan
 
 WORD_UNITS = ("phrase_words", "all_words")
+DUPLICATE_WORDS = ("keep", "drop")
 PHRASE_KINDS = ("np", "vp")
 
 #: The MTA reference's verb-phrase pattern (papers.md §2.1).
@@ -51,7 +58,8 @@ def filter_overlapping_spans(spans: Sequence[CharSpan]) -> list[CharSpan]:
     """The reference filter: sort by ``(start, -end)`` and drop every span contained in the last kept one.
 
     Partially overlapping spans are kept. The sort is stable, so of two identical intervals the one
-    listed first (noun chunks come before verb phrases) survives.
+    listed first survives (the parsers list verb phrases before noun chunks, as the reference does; the
+    kind only matters to the span statistics).
     """
     kept: list[CharSpan] = []
     for span in sorted(spans, key=lambda s: (s.start, -s.end)):
@@ -62,20 +70,27 @@ def filter_overlapping_spans(spans: Sequence[CharSpan]) -> list[CharSpan]:
 
 
 def phrase_word_spans(
-    phrases: Sequence[tuple[int, int]], word_chars: Sequence[tuple[int, int]]
+    phrases: Sequence[tuple[int, int]],
+    word_chars: Sequence[tuple[int, int]],
+    duplicate_words: str = "keep",
 ) -> list[CharSpan]:
     """Word units of the ``phrase_words`` quirk.
 
     ``phrases`` are ``(first_word, end_word)`` index ranges (end exclusive) into ``word_chars``,
     the ``(start_char, end_char)`` of each word of the text. For words ``p0..pn-1`` of a phrase the
     units are ``(p[i-1].start, p[i].start)`` for ``i = 1..n-1`` plus ``(p[n-1].start, p[n-1].end)``.
+    ``duplicate_words="keep"`` keeps a unit once per phrase that yields it (the reference),
+    ``"drop"`` keeps it once.
     """
-    units: set[tuple[int, int]] = set()
+    _check_choice("duplicate_words", duplicate_words, DUPLICATE_WORDS)
+    units: list[tuple[int, int]] = []
     for first, end in phrases:
         for i in range(first, end - 1):
-            units.add((word_chars[i][0], word_chars[i + 1][0]))
+            units.append((word_chars[i][0], word_chars[i + 1][0]))
         if end > first:
-            units.add((word_chars[end - 1][0], word_chars[end - 1][1]))
+            units.append((word_chars[end - 1][0], word_chars[end - 1][1]))
+    if duplicate_words == "drop":
+        units = list(dict.fromkeys(units))
     return [CharSpan(a, b, "word") for a, b in sorted(units, key=lambda ab: (ab[0], -ab[1])) if b > a]
 
 
@@ -154,8 +169,11 @@ class SpacySpanParser(SpanParser):
         word_units: str = "phrase_words",
         n_process: int = 1,
         batch_size: int = 256,
+        duplicate_words: str = "keep",
     ) -> None:
         _check_choice("word_units", word_units, WORD_UNITS)
+        _check_choice("duplicate_words", duplicate_words, DUPLICATE_WORDS)
+        self.duplicate_words = duplicate_words
         if n_process < 1 or batch_size < 1:
             raise ValueError(f"n_process and batch_size must be >= 1, got {n_process}, {batch_size}")
         candidates = [m for m in (model, fallback) if m]
@@ -178,6 +196,8 @@ class SpacySpanParser(SpanParser):
             "model": self.resolved_model,
             "word_units": self.word_units,
             "vp_pattern": VERB_PHRASE_PATTERN,
+            "duplicate_words": self.duplicate_words,
+            "order": "vp_first",
         }
 
     def version(self) -> str:
@@ -201,8 +221,9 @@ class SpacySpanParser(SpanParser):
         self._load()
         out = []
         for doc in self._nlp.pipe(texts, batch_size=self.batch_size, n_process=self.n_process):
-            phrases = [(c.start, c.end, "np") for c in doc.noun_chunks]
-            phrases += [(start, end, "vp") for _, start, end in self._matcher(doc)]
+            # verb phrases first, as the reference lists them (the first of two identical intervals wins)
+            phrases = [(start, end, "vp") for _, start, end in self._matcher(doc)]
+            phrases += [(c.start, c.end, "np") for c in doc.noun_chunks]
             word_chars = [(t.idx, t.idx + len(t)) for t in doc]
             by_chars = {}  # CharSpan -> token range, to recover the words of each kept phrase
             for start, end, kind in phrases:
@@ -211,7 +232,7 @@ class SpacySpanParser(SpanParser):
                 )
             kept = filter_overlapping_spans(list(by_chars))
             if self.word_units == "phrase_words":
-                words = phrase_word_spans([by_chars[s] for s in kept], word_chars)
+                words = phrase_word_spans([by_chars[s] for s in kept], word_chars, self.duplicate_words)
             else:
                 words = _sorted_words([w for w, t in zip(word_chars, doc) if not t.is_space])
             out.append(kept + words)
@@ -271,8 +292,11 @@ class StanzaSpanParser(SpanParser):
         word_units: str = "phrase_words",
         use_gpu: bool = False,
         keep_nested: bool = False,
+        duplicate_words: str = "keep",
     ) -> None:
         _check_choice("word_units", word_units, WORD_UNITS)
+        _check_choice("duplicate_words", duplicate_words, DUPLICATE_WORDS)
+        self.duplicate_words = duplicate_words
         phrase_labels = tuple(phrase_labels)
         for label in phrase_labels:
             _check_choice("phrase label", label, tuple(k.upper() for k in PHRASE_KINDS))
@@ -306,6 +330,7 @@ class StanzaSpanParser(SpanParser):
             "phrase_labels": list(self.phrase_labels),
             "word_units": self.word_units,
             "keep_nested": self.keep_nested,
+            "duplicate_words": self.duplicate_words,
         }
 
     def version(self) -> str:
@@ -334,7 +359,7 @@ class StanzaSpanParser(SpanParser):
             else:
                 kept = filter_overlapping_spans(list(ranges))
             if self.word_units == "phrase_words":
-                words = phrase_word_spans([ranges[s] for s in kept], word_chars)
+                words = phrase_word_spans([ranges[s] for s in kept], word_chars, self.duplicate_words)
             else:
                 words = _sorted_words(word_chars)
             out[i] = kept + words
