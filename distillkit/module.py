@@ -22,7 +22,9 @@ from distillkit.models.pair import LoadedModel, freeze
 from distillkit.types import Batch, ModelOutput, Needs, SideBatch
 
 
-def run_forward(model: nn.Module, side: SideBatch, needs: Needs, vocab_size: int, role: str = "model") -> ModelOutput:
+def run_forward(
+    model: nn.Module, side: SideBatch, needs: Needs, vocab_size: int, role: str = "model"
+) -> ModelOutput:
     """One forward asking only for what ``needs`` declares: logits cut to the real vocabulary, only the
     named hidden states, only the named layers' attention (captured in the form asked for, see
     :mod:`distillkit.models.attention`), and the head / embedding handles."""
@@ -64,6 +66,10 @@ class DistillModule(L.LightningModule):
         #: one of student-generated responses that were tokenized and span-annotated when buffered
         self.batch_source: Any = None
         self._step_start: float | None = None
+        #: ``method.token_normalization=global``: the terms come back as token sums; the student
+        #: response tokens of the accumulation group so far (a device tensor: no host sync)
+        self.global_tokens = getattr(method, "token_normalization", "micro_batch") == "global"
+        self._group_tokens: Tensor | None = None
 
     # -- modes ----------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> DistillModule:
@@ -96,16 +102,49 @@ class DistillModule(L.LightningModule):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         self._step_start = time.perf_counter()
 
+    @staticmethod
+    def response_tokens(batch: Batch) -> Tensor:
+        """The student response-token count of a batch (the rows CE counts), on the batch's device."""
+        return batch.student.labels.ne(-100).sum()
+
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         if self.batch_source is not None:
             batch = self.batch_source.replace(batch, self)
         terms = self.compute_terms(batch)
         loss = self.weighted_loss(terms)
         bs = batch.size
-        for name, value in terms.items():
+        shown = terms
+        if self.global_tokens:
+            # token sums: optimized as they are, their gradients divided by the group's global count in
+            # on_before_optimizer_step; logged as this micro-batch's per-token means
+            n = self.response_tokens(batch)
+            self._group_tokens = n if self._group_tokens is None else self._group_tokens + n
+            per_token = n.clamp_min(1).float()
+            shown = {name: value.detach() / per_token for name, value in terms.items()}
+            self.log("train/loss", loss.detach() / per_token, prog_bar=True, batch_size=bs)
+        else:
+            self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
+        for name, value in shown.items():
             self.log(f"train/{name}", value.detach(), batch_size=bs)
-        self.log("train/loss", loss.detach(), prog_bar=True, batch_size=bs)
         return loss
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        """Global token normalization (DSKD's ``loss_denom``): Lightning divided each micro-batch's token
+        sum by the accumulation ``A`` and DDP averaged over the ``W`` ranks, so the accumulated gradient
+        is ``Σ ∇ sums / (A·W)``; times ``A·W / N`` (``N`` the student response tokens of the whole group on
+        every rank, one all-reduce per optimizer step) it is ``Σ ∇ sums / N``, whatever the split into
+        micro-batches and devices. Runs before Lightning clips the gradients, as DSKD's division does."""
+        if not self.global_tokens or self._group_tokens is None:
+            return
+        total = self.trainer.strategy.reduce(self._group_tokens.float(), reduce_op="sum")
+        scale = self.trainer.accumulate_grad_batches * self.trainer.world_size / total.clamp_min(1.0)
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:  # a sharded (FSDP2) gradient scales its local shard
+                        grad = p.grad.to_local() if hasattr(p.grad, "to_local") else p.grad
+                        grad.mul_(scale.to(device=grad.device, dtype=grad.dtype))
+        self._group_tokens = None
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
         if self._step_start is not None:
@@ -116,6 +155,10 @@ class DistillModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         terms = self.compute_terms(batch)
         loss = self.weighted_loss(terms)
+        if self.global_tokens:  # shown as per-token means, as in training
+            per_token = self.response_tokens(batch).clamp_min(1).float()
+            terms = {name: value / per_token for name, value in terms.items()}
+            loss = loss / per_token
         for name, value in terms.items():
             self.log(f"val/{name}", value, batch_size=batch.size, sync_dist=True)
         self.log("val/loss", loss, prog_bar=True, batch_size=batch.size, sync_dist=True)

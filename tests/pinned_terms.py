@@ -24,6 +24,10 @@ COMMON = [
     "callbacks=none",
     "trainer.enable_progress_bar=false",
 ]
+#: the pinned values are per-micro-batch means; the DSKD v1 methods default to the global token
+#: normalization (token sums), tested in tests/test_token_normalization.py
+MICRO = "method.token_normalization=micro_batch"
+
 #: name -> overrides; every existing method and the MTA ablations that change the loss computation
 CASES = {
     "sft": ["method=sft"],
@@ -41,10 +45,10 @@ CASES = {
     # tokenizer trains deterministically, the tiny-xtok Unigram does not (HF tokenizers' Unigram trainer),
     # so a fresh cache would move the values of a tiny-xtok case
     "sra": ["method=sra"],
-    "uld": ["method=uld"],
-    "mined": ["method=mined"],
-    "dskd": ["method=dskd"],
-    "dskd_cma": ["method=dskd_cma"],
+    "uld": ["method=uld", MICRO],
+    "mined": ["method=mined", MICRO],
+    "dskd": ["method=dskd", MICRO],
+    "dskd_cma": ["method=dskd_cma", MICRO],
     "dskdv2_eta": ["method=dskdv2_eta"],
     "multilevel_ot": ["method=multilevel_ot"],
     "mta_xtok": ["method=mta_xtok"],

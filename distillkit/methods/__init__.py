@@ -53,6 +53,7 @@ def build_method(node: dict[str, Any]) -> Method:
 
     node = dict(node)
     name, kd_rate, terms = node.pop("name", None), node.pop("kd_rate", 0.5), node.pop("terms", None)
+    normalization = node.pop("token_normalization", "micro_batch")
     base_node = node.pop("base", None)
 
     def build(n: dict[str, Any]) -> Objective:
@@ -66,9 +67,11 @@ def build_method(node: dict[str, Any]) -> Method:
 
     primary = build(node)
     if primary.kind == "base":
-        return Method(primary, (), kd_rate=kd_rate, terms=terms, name=name)
+        return Method(primary, (), kd_rate=kd_rate, terms=terms, name=name, token_normalization=normalization)
     base = build(base_node) if base_node else None
-    return Method(base, (primary,), kd_rate=kd_rate, terms=terms, name=name)
+    return Method(
+        base, (primary,), kd_rate=kd_rate, terms=terms, name=name, token_normalization=normalization
+    )
 
 
 register_schemas(ConfigStore.instance())

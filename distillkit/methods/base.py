@@ -73,10 +73,16 @@ class Objective(nn.Module):
     #: "base" (the token-level objective a method stands on) or "aux" (added on top of a base)
     kind: ClassVar[str] = "base"
     Config: ClassVar[type] = ObjectiveConfig
+    #: every term can come back as a sum over the rows it counts (``self.reduction == "sum"``), which the
+    #: global token normalization (``method.token_normalization=global``) divides by the global count
+    token_sums: ClassVar[bool] = False
 
     def __init__(self, **knobs: Any):
         super().__init__()
         self.cfg = self.Config(**knobs)
+        #: "mean" (each term a mean over the rows it counts) or "sum" (set by the Method under the
+        #: global token normalization; only for ``token_sums`` objectives)
+        self.reduction = "mean"
 
     # -- declared before training -----------------------------------------------------------------
     def check_tokenizers(self, teacher_tokenizer: Any, student_tokenizer: Any) -> None:
@@ -128,6 +134,12 @@ class Objective(nn.Module):
         return [{"params": params, "lr": projector_lr or base_lr, "name": f"{self.name}.projectors"}]
 
 
+#: ``method.token_normalization``: ``micro_batch`` (each token-level term a mean over its micro-batch's
+#: rows) or ``global`` (DSKD's ``loss_denom``: every term a token sum divided by the student response-token
+#: count of the whole accumulation group on every device; see :class:`distillkit.module.DistillModule`)
+TOKEN_NORMALIZATIONS = ("micro_batch", "global")
+
+
 class Method(nn.Module):
     """``(1 - kd_rate)·CE + kd_rate·(base + Σ aux)``, every term weighted and logged on its own."""
 
@@ -138,10 +150,15 @@ class Method(nn.Module):
         kd_rate: float = 0.5,
         terms: Mapping[str, float] | None = None,
         name: str | None = None,
+        token_normalization: str = "micro_batch",
     ):
         super().__init__()
         if not 0.0 <= float(kd_rate) <= 1.0:
             raise MethodSetupError(f"method.kd_rate must be in [0, 1], got {kd_rate}")
+        if token_normalization not in TOKEN_NORMALIZATIONS:
+            raise MethodSetupError(
+                f"method.token_normalization={token_normalization!r}; valid: {', '.join(TOKEN_NORMALIZATIONS)}"
+            )
         if base is not None and base.kind != "base":
             raise MethodSetupError(f"method.base: {base.name!r} is an auxiliary objective, not a base")
         for obj in aux:
@@ -152,6 +169,21 @@ class Method(nn.Module):
         self.kd_rate = float(kd_rate)
         self.multipliers = dict(terms or {})
         self.name = name or (aux[0].name if aux else base.name if base is not None else "ce")
+        self.token_normalization = token_normalization
+        self.reduction = "sum" if token_normalization == "global" else "mean"
+        if self.reduction == "sum":
+            odd = [o.name for o in self.objectives if not o.token_sums]
+            if odd:
+                from distillkit.methods import OBJECTIVES
+
+                valid = sorted(n for n, (cls, _) in OBJECTIVES.items() if cls.token_sums)
+                raise MethodSetupError(
+                    f"method.token_normalization=global divides token sums by the global token count, but "
+                    f"{odd} return(s) averages that are not token sums; objectives that can: {valid} "
+                    "(or method.token_normalization=micro_batch)"
+                )
+            for obj in self.objectives:
+                obj.reduction = "sum"
         seen: dict[str, str] = {}
         for obj in self.objectives:
             for term in obj.structural_weights():
@@ -234,6 +266,7 @@ class Method(nn.Module):
             "base": self.base.name if self.base is not None else None,
             "aux": [a.name for a in self.aux],
             "kd_rate": self.kd_rate,
+            "token_normalization": self.token_normalization,
         }
         for obj in self.objectives:
             tags.update(obj.tags())
@@ -248,7 +281,7 @@ class Method(nn.Module):
         weights = self.weights
         active = frozenset(k for k, w in weights.items() if w != 0.0)
         # CE is cheap from the student's logits: logged even at weight 0 (as a detached diagnostic)
-        ce = cross_entropy(student.logits, batch.student.labels)
+        ce = cross_entropy(student.logits, batch.student.labels, reduction=self.reduction)
         terms = {"ce": ce if "ce" in active else ce.detach()}
         for obj in self.objectives:
             terms.update(obj(student, teacher, batch, active))
@@ -262,6 +295,7 @@ class _MethodFields:
     kd_rate: float = 0.5
     # multiplier of each named loss term (0 switches a term off: an ablation)
     terms: dict[str, float] = field(default_factory=dict)
+    token_normalization: str = "micro_batch"  # micro_batch | global (DSKD's loss_denom)
 
 
 def method_schema(cls: type[Objective], name: str, kd_rate: float = 0.5) -> type:
@@ -272,6 +306,7 @@ def method_schema(cls: type[Objective], name: str, kd_rate: float = 0.5) -> type
         ("name", str, field(default=name)),
         ("kd_rate", float, field(default=kd_rate)),
         ("terms", dict[str, float], field(default_factory=dict)),
+        ("token_normalization", str, field(default="micro_batch")),
     ]
     if cls.kind == "aux":
         extra.append(("base", Any, field(default=None)))

@@ -38,6 +38,7 @@ class DSKDConfig(XTokConfig):
 class DSKD(DualSpaceObjective):
     name = "dskd"
     Config = DSKDConfig
+    token_sums = True
 
     def check_tokenizers(self, teacher_tokenizer, student_tokenizer) -> None:
         from distillkit.models.pair import same_vocabulary
@@ -69,6 +70,7 @@ class DSKD(DualSpaceObjective):
             teacher_labels=batch.teacher.labels,
             divergence=value(self.cfg.divergence),
             temperature=self.cfg.temperature,
+            reduction=self.reduction,
             **self.divergence_kwargs(),
         )
 
@@ -132,5 +134,6 @@ class DSKDCMA(DSKD):
             temperature=self.cfg.temperature,
             teacher_temperature=self.cfg.teacher_temperature,
             std_scope=self.cfg.std_scope,
+            reduction=self.reduction,
             **self.divergence_kwargs(),
         )

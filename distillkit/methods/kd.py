@@ -34,6 +34,7 @@ class KD(Objective):
     name = "kd"
     kind = "base"
     Config = KDConfig
+    token_sums = True
 
     def __init__(self, **knobs: Any):
         super().__init__(**knobs)
@@ -73,6 +74,7 @@ class KD(Objective):
             teacher.logits,
             batch.student.loss_mask,
             temperature=self.cfg.temperature,
+            reduction=self.reduction,
             **self.divergence_params(),
         )
         return {"kd": kd}

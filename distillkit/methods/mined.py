@@ -32,6 +32,7 @@ class MinEDConfig(ObjectiveConfig):
 class MinED(XTokObjective):
     name = "mined"
     Config = MinEDConfig
+    token_sums = True
 
     def __init__(self, **knobs):
         super().__init__(**knobs)
@@ -77,5 +78,6 @@ class MinED(XTokObjective):
                 pairs.mask,
                 self.stu2tea,
                 temperature=self.cfg.temperature,
+                reduction=self.reduction,
             )
         }

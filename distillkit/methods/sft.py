@@ -13,6 +13,7 @@ from distillkit.types import Needs
 class SFT(Objective):
     name = "sft"
     kind = "base"
+    token_sums = True  # its one term is the method's CE
 
     @property
     def teacher_needs(self) -> Needs | None:

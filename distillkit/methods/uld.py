@@ -27,6 +27,7 @@ class ULDConfig(ObjectiveConfig):
 class ULD(XTokObjective):
     name = "uld"
     Config = ULDConfig
+    token_sums = True
 
     def structural_weights(self) -> dict[str, float]:
         return {"uld": 1.0}
@@ -44,5 +45,6 @@ class ULD(XTokObjective):
                 student_temperature=c.student_temperature,
                 teacher_temperature=c.teacher_temperature,
                 chunk_size=c.chunk_size,
+                reduction=self.reduction,
             )
         }
