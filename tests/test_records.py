@@ -208,3 +208,21 @@ def test_git_state_flags_a_dirty_tree_and_hashes_its_diff(tmp_path):
     plain = tmp_path.parent / f"{tmp_path.name}-plain"
     plain.mkdir()
     assert set(git_state(plain).values()) == {None}  # outside a checkout: nothing claimed
+
+
+def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):
+    import os
+    import stat
+
+    from distillkit.utils.io import atomic_write_json
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "results.json", {"a": 1})
+        with open(tmp_path / "plain.json", "w") as fh:
+            fh.write("{}")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "results.json").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain.json").stat().st_mode) == 0o644, oct(mode)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

@@ -505,3 +505,35 @@ def test_unknown_table_name_lists_the_valid_ones(tmp_path):
     write_specs(specs_dir)
     with pytest.raises(ValueError, match="valid: alpha, beta"):
         reproduce.main(["--scale", "smoke", "--tables", "gamma", "--dry-run", "--specs-dir", str(specs_dir)])
+
+
+PREEMPTED_RUN = """
+import pathlib, sys
+args = dict(a.split('=', 1) for a in sys.argv[1:])
+run = pathlib.Path(args['hydra.run.dir'])
+(run / 'PREEMPTED').write_text('signal: SIGTERM\\n')  # what distillkit.run writes before exit 75
+sys.exit(75)
+"""
+
+
+def test_a_preempted_run_stops_the_reproduction_with_exit_75_and_is_not_failed(tmp_path, monkeypatch, capsys):
+    specs_dir, root = tmp_path / "specs", tmp_path / "results"
+    write_specs(specs_dir)
+    monkeypatch.setattr(reproduce, "RUN_COMMAND", [sys.executable, "-c", PREEMPTED_RUN])
+    args = [
+        "--scale",
+        "smoke",
+        "--tables",
+        "alpha",
+        "--specs-dir",
+        str(specs_dir),
+        "--results-root",
+        str(root),
+    ]
+    assert reproduce.main(args) == 75  # a requeue (SLURM --requeue) runs reproduce again, which resumes
+    plans = plan_runs(load_specs(specs_dir, ["alpha"])[0], "smoke", root)
+    tried = [p for p in plans if (p.run_dir / "run.log").exists()]
+    assert len(tried) == 1 and tried[0].status() == "preempted" and not tried[0].failed_path.exists()
+    assert "run reproduce again to resume it" in capsys.readouterr().out
+    assert reproduce.main(args[:-4] + ["--dry-run"] + args[-4:]) == 0
+    assert "(preempted: resumes)" in capsys.readouterr().out

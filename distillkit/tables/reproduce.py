@@ -6,7 +6,9 @@ Each run is ``python -m distillkit.run <row overrides> <scale overrides> seed=<k
 hydra.run.dir=<run folder> experiment_name=<table>/<row-slug>`` in a subprocess, one after the
 other. A run whose ``results.json`` exists is skipped (so an interrupted reproduction resumes); a
 failing run leaves ``<run folder>/FAILED`` (exit code, command, the tail of its output) and the
-others go on: its cells show as missing. The output of every run goes to ``<run folder>/run.log``.
+others go on: its cells show as missing. A run stopped by a signal (exit 75, ``PREEMPTED`` in its folder,
+a checkpoint beside it) is not a failure: the reproduction stops with exit 75 too, so a requeued job runs it
+again and the run resumes from its checkpoint. The output of every run goes to ``<run folder>/run.log``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from distillkit.callbacks.preemption import EXIT_PREEMPTED
 from distillkit.tables.aggregate import aggregate_table, tables_dir, write_table
 from distillkit.tables.spec import (
     REPO,
@@ -60,8 +63,10 @@ def pending_runs(specs: Sequence[TableSpec], scale: str, results_root: Path) -> 
     return out
 
 
-def execute(plan: RunPlan, timeout: float | None = None, cwd: Path = REPO) -> bool:
-    """Run one training job; ``True`` when it produced ``results.json``, else a FAILED record is written."""
+def execute(plan: RunPlan, timeout: float | None = None, cwd: Path = REPO) -> bool | None:
+    """Run one training job; ``True`` when it produced ``results.json``; ``None`` when it was preempted
+    (exit 75: its own ``PREEMPTED`` record and checkpoint stay, the next pass resumes it); else ``False``
+    and a FAILED record is written."""
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     plan.failed_path.unlink(missing_ok=True)  # a retry starts clean
     cmd = run_command(plan)
@@ -84,6 +89,8 @@ def execute(plan: RunPlan, timeout: float | None = None, cwd: Path = REPO) -> bo
         if code != 0:
             print(f"[reproduce]   note: exit {code} after writing results.json; see {log_path}", flush=True)
         return True
+    if code == EXIT_PREEMPTED:
+        return None
     if code == 0:
         code = "exit 0 but no results.json"
     tail = log_path.read_text(encoding="utf-8", errors="replace")[-TAIL_CHARS:]
@@ -140,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.dry_run:
         for plan in pending:
-            note = " (failed before)" if plan.status() == "failed" else ""
+            note = {"failed": " (failed before)", "preempted": " (preempted: resumes)"}.get(plan.status(), "")
             print(
                 f"MISSING {plan.table} | {plan.row} | seed {plan.seed}{note}\n    {shlex.join(run_command(plan))}"
             )
@@ -152,7 +159,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"[reproduce] ({i}/{len(pending)}) {plan.table} | {plan.row} | seed {plan.seed}", flush=True
             )
-            if not execute(plan, timeout=args.timeout):
+            outcome = execute(plan, timeout=args.timeout)
+            if outcome is None:  # a signal stopped the run: stop here too, so a requeue resumes both
+                print(
+                    f"[reproduce]   preempted: {plan.preempted_path}; run reproduce again to resume it",
+                    flush=True,
+                )
+                return EXIT_PREEMPTED
+            if not outcome:
                 failed.append(plan)
                 print(f"[reproduce]   FAILED: see {plan.failed_path}", flush=True)
         if failed:

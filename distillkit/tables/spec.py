@@ -105,12 +105,19 @@ class RunPlan:
     def failed_path(self) -> Path:
         return self.run_dir / "FAILED"
 
+    @property
+    def preempted_path(self) -> Path:
+        return self.run_dir / "PREEMPTED"
+
     def status(self) -> str:
-        """``done`` (results.json exists), ``failed`` (a FAILED record, no results) or ``todo``."""
+        """``done`` (results.json exists), ``failed`` (a FAILED record, no results), ``preempted`` (stopped
+        by a signal with a checkpoint: the next run resumes it) or ``todo``."""
         if self.results_path.is_file():
             return "done"
         if self.failed_path.is_file():
             return "failed"
+        if self.preempted_path.is_file():
+            return "preempted"
         return "todo"
 
 

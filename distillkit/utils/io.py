@@ -92,11 +92,21 @@ def locked(path: str | os.PathLike, timeout: float = 600.0) -> Iterator[None]:
         lock.release()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``: a reader
+    sees the old file or the new one, never half of one. The file gets the permissions a plain ``open``
+    would give it (``0o666`` less the umask; ``mkstemp`` alone makes it ``0o600``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
