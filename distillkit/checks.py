@@ -31,8 +31,11 @@ def validate(cfg: DictConfig) -> None:
     if stage not in ("distill", "teacher_sft"):
         raise ConfigError(f"stage={stage!r}; valid: distill, teacher_sft")
     resume = str(cfg.resume)
-    if resume not in ("auto", "never") and not Path(resume).is_file():
-        raise ConfigError(f"resume={resume!r} is neither auto, never nor an existing checkpoint file")
+    if resume not in ("auto", "never") and not (Path(resume).is_file() or (Path(resume) / "meta.pt").is_file()):
+        raise ConfigError(
+            f"resume={resume!r} is neither auto, never, an existing checkpoint file nor a sharded checkpoint "
+            "folder (strategy=fsdp: a folder with meta.pt)"
+        )
     if stage == "distill" and not cfg.model.student.path and value(cfg.model.student.init) != "random":
         raise ConfigError(
             "model.student.path is empty: give an HF id or local folder, or model.student.init=random"
@@ -45,6 +48,9 @@ def validate(cfg: DictConfig) -> None:
                 f"layer_map=explicit needs {', '.join(f'layer_map.{k}=[...]' for k in missing)} "
                 "(hidden_states indices, 0 = embeddings); or use layer_map=reference, uniform or last"
             )
+    from distillkit.strategies import validate_strategy
+
+    validate_strategy(cfg)  # the sharded strategies' options (block classes, devices, offload, dtypes)
     _validate_numbers(cfg)
     _validate_model_paths(cfg)
     _validate_data_files(cfg.data)

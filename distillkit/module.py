@@ -3,6 +3,10 @@
 The teacher is frozen (eval mode, ``requires_grad=False``, forward under ``torch.no_grad()``,
 outside the optimizer and left out of checkpoints: it is rebuilt from its own source on resume).
 The student and the method's projectors train.
+
+Under ``strategy=fsdp`` (FSDP2, :mod:`distillkit.strategies`) :meth:`configure_model` shards the teacher,
+the student and the method as separate ``fully_shard`` units before the optimizer is built; the
+optimizer is built from the (then sharded) trainable parameters only.
 """
 
 from __future__ import annotations
@@ -78,6 +82,14 @@ class DistillModule(L.LightningModule):
             self.teacher.eval()  # Lightning calls .train() on the whole module; the teacher stays eval
         return self
 
+    def configure_model(self) -> None:
+        """Sharding, when the strategy shards (FSDP2: ``strategy.shard_module``, see
+        :func:`distillkit.strategies.shard_distill_module`); a no-op for every other strategy."""
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        shard = getattr(strategy, "shard_module", None)
+        if shard is not None:
+            shard(self)
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("teacher.")]:
@@ -147,6 +159,10 @@ class DistillModule(L.LightningModule):
         self._group_tokens = None
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        if self.teacher is not None and self._trainer is not None and hasattr(self.trainer.strategy, "shard_module"):
+            from distillkit.strategies import reshard
+
+            reshard(self.teacher)  # FSDP2: the teacher's root stays gathered from its forward until here
         if self._step_start is not None:
             tokens = batch.num_tokens  # counted at collate time: no device sync
             elapsed = max(time.perf_counter() - self._step_start, 1e-9)

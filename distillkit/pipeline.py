@@ -86,6 +86,22 @@ def _plain(node: Any) -> Any:
     return value(node)
 
 
+def teacher_sft_strategy(cfg: DictConfig) -> DictConfig:
+    """The strategy of the teacher's own fine-tuning: the run's, except under the sharded strategies
+    (``strategy=fsdp``, ``fsdp1``), where the teacher is fine-tuned on one process of the same accelerator
+    and precision. Those strategies launch their other ranks by re-running the command, and each rank
+    would wait for the cache lock the first one holds while it trains the teacher; the cached teacher
+    is then what every rank loads."""
+    from distillkit.strategies import is_sharded
+
+    if not is_sharded(cfg):
+        return cfg.strategy
+    s = cfg.strategy
+    return OmegaConf.create(
+        {"accelerator": s.accelerator, "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": s.precision}
+    )
+
+
 def sft_teacher_inputs(cfg: DictConfig) -> dict[str, Any]:
     """Everything the cached fine-tuned teacher depends on, and nothing else: the teacher's model
     config, its SFT settings (``model.teacher_sft``), the data it trains on (:data:`TEACHER_DATA_KEYS`)
@@ -95,7 +111,7 @@ def sft_teacher_inputs(cfg: DictConfig) -> dict[str, Any]:
         "teacher": _plain(cfg.model.teacher),
         "sft": _plain(cfg.model.teacher_sft),
         "data": {k: _plain(cfg.data.get(k)) for k in TEACHER_DATA_KEYS},
-        "strategy": {k: _plain(cfg.strategy.get(k)) for k in TEACHER_STRATEGY_KEYS},
+        "strategy": {k: _plain(teacher_sft_strategy(cfg).get(k)) for k in TEACHER_STRATEGY_KEYS},
     }
 
 
@@ -131,6 +147,7 @@ def teacher_sft_config(cfg: DictConfig) -> DictConfig:
         {"stage": "teacher_sft", "seed": sft.seed, "data": {"batch_size": sft.batch_size}, "resume": "never"},
     )
     tcfg.trainer = trainer
+    tcfg.strategy = teacher_sft_strategy(cfg)
     return tcfg
 
 
@@ -230,13 +247,18 @@ def build_trainer(
     return L.Trainer(**kwargs)
 
 
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """A Lightning distributed checkpoint: a folder of DCP shards with ``meta.pt`` (``strategy=fsdp``)."""
+    return Path(path).is_dir() and (Path(path) / "meta.pt").is_file()
+
+
 def resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
     resume = str(cfg.resume)
     if resume == "never":
         return None
     if resume == "auto":
-        last = out_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
+        last = out_dir / "checkpoints" / "last.ckpt"  # a folder of DCP shards under strategy=fsdp
+        return str(last) if last.is_file() or is_sharded_checkpoint(last) else None
     return resume
 
 
@@ -341,7 +363,10 @@ def checkpoint_record(ckpt_path: str | Path) -> dict[str, Any] | None:
     beside = ckpt_path.parent / TRAIN_CONFIG_JSON
     if ckpt_path.name == "last.ckpt" and beside.is_file():
         return json.loads(beside.read_text())
-    checkpoint = torch.load(str(ckpt_path), map_location="cpu", weights_only=False, mmap=True)
+    if is_sharded_checkpoint(ckpt_path):  # the non-tensor state of a sharded checkpoint is in meta.pt
+        checkpoint = torch.load(str(ckpt_path / "meta.pt"), map_location="cpu", weights_only=False)
+    else:
+        checkpoint = torch.load(str(ckpt_path), map_location="cpu", weights_only=False, mmap=True)
     return checkpoint.get("distillkit", {}).get("record")
 
 
@@ -450,8 +475,10 @@ def train(
         k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
     }
     exported = None
-    if export_to is not None and trainer.is_global_zero:
-        exported = export_student(module.student, student.tokenizer, export_to)
+    if export_to is not None:
+        trained = trained_student(trainer, module)  # every rank (a collective under strategy=fsdp)
+        if trainer.is_global_zero:
+            exported = export_student(trained, student.tokenizer, export_to)
     return {
         "metrics": metrics,
         "trainer": trainer,
@@ -465,6 +492,40 @@ def train(
         "exported": exported,
         "train_seconds": train_seconds,
     }
+
+
+def trained_student(trainer: L.Trainer, module: DistillModule) -> Any:
+    """The student to export and evaluate: ``module.student`` itself, or under ``strategy=fsdp`` a plain
+    copy with the gathered full weights on rank 0 (``None`` on the other ranks; every rank must call it,
+    :func:`distillkit.strategies.gather_full_model`). One export path for every strategy:
+    :func:`~distillkit.models.pair.export_student` writes what this returns."""
+    from distillkit.strategies import gather_full_model, is_fsdp2
+
+    if not is_fsdp2(trainer.strategy):
+        return module.student
+    return gather_full_model(module.student, trainer.is_global_zero)
+
+
+def restore_best_weights(trainer: L.Trainer, module: DistillModule) -> str | None:
+    """Load the best checkpoint (by the checkpoint monitor) into the trained module before export and
+    evaluation; its path, or ``None`` when there is none. Under ``strategy=fsdp`` the best checkpoint
+    is a folder of shards, loaded by every rank (call it on every rank)."""
+    from distillkit.strategies import is_fsdp2
+
+    ckpt = trainer.checkpoint_callback
+    best = getattr(ckpt, "best_model_path", None) if ckpt is not None else None
+    if not best:
+        return None
+    if is_fsdp2(trainer.strategy):
+        if not is_sharded_checkpoint(best):
+            return None
+        trainer.strategy.load_weights(best)
+        return best
+    if not Path(best).is_file():
+        return None
+    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
+    module.load_state_dict(state, strict=False)
+    return best
 
 
 # ----------------------------------------------------------------------------- provenance

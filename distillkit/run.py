@@ -71,16 +71,11 @@ def final_evaluation(
 
 
 def restore_best(result: dict[str, Any]) -> str | None:
-    """Load the best checkpoint (by the checkpoint monitor) into the student before export/eval."""
-    import torch
+    """Load the best checkpoint (by the checkpoint monitor) into the student before export/eval
+    (:func:`distillkit.pipeline.restore_best_weights`; every rank calls it under ``strategy=fsdp``)."""
+    from distillkit.pipeline import restore_best_weights
 
-    ckpt = result["trainer"].checkpoint_callback
-    best = getattr(ckpt, "best_model_path", None) if ckpt is not None else None
-    if not best or not Path(best).is_file():
-        return None
-    state = torch.load(best, map_location="cpu", weights_only=False)["state_dict"]
-    result["module"].load_state_dict(state, strict=False)
-    return best
+    return restore_best_weights(result["trainer"], result["module"])
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -94,7 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     quiet_logging()  # one console line per event (imports Lightning)
     from distillkit.callbacks.ablation_logging import log_evaluation
     from distillkit.models.pair import export_student
-    from distillkit.pipeline import provenance, train
+    from distillkit.pipeline import provenance, train, trained_student
 
     out_dir = (
         Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.output_dir)
@@ -103,13 +98,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     result = train(cfg, out_dir)
     trainer, module, dm = result["trainer"], result["module"], result["datamodule"]
     results: dict[str, Any] = {}
+    # every rank: under strategy=fsdp both are collectives (a sharded load, a full-weight gather); the
+    # student to export and evaluate is then a plain copy on rank 0
+    best = restore_best(result)
+    student = trained_student(trainer, module)
     if trainer.is_global_zero:
-        best = restore_best(result)
         exported = None
         if cfg.export:
             name = "teacher" if str(cfg.stage) == "teacher_sft" else "student"
-            exported = export_student(module.student, result["student"].tokenizer, out_dir / name)
-        evaluation = final_evaluation(cfg, module.student, result["student"].tokenizer, dm, out_dir)
+            exported = export_student(student, result["student"].tokenizer, out_dir / name)
+        evaluation = final_evaluation(cfg, student, result["student"].tokenizer, dm, out_dir)
         log_evaluation(trainer, evaluation, out_dir)
         t, d = cfg.trainer, cfg.data
         world = trainer.world_size
