@@ -42,7 +42,9 @@ def commands(quick: bool) -> dict[str, list[str]]:
     py = sys.executable
     spans = [py, "benchmarks/bench_spans.py"] + (["--quick"] if quick else ["--repeat", "2"])
     methods = [py, "benchmarks/bench_methods.py"]
-    methods += ["--shape", "tiny", "--repeat", "1", "--warmup", "0", "--rounds", "1"] if quick else ["--repeat", "5"]
+    methods += (
+        ["--shape", "tiny", "--repeat", "1", "--warmup", "0", "--rounds", "1"] if quick else ["--repeat", "5"]
+    )
     xtok = [py, "benchmarks/bench_xtok.py"]
     xtok += ["--shape", "tiny", "--rounds", "1", "--steps", "1"] if quick else ["--rounds", "3"]
     return {"spans": spans, "methods": methods, "xtok": xtok}
