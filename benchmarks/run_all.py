@@ -59,7 +59,9 @@ def commands(quick: bool, scale: str = "cpu") -> dict[str, list[str]]:
     spans = [py, "benchmarks/bench_spans.py"] + (["--quick"] if quick else ["--repeat", "2"])
     methods = [py, "benchmarks/bench_methods.py"]
     methods += (
-        ["--shape", "tiny", "--repeat", "1", "--warmup", "0", "--rounds", "1"] if quick else ["--repeat", "3"]
+        ["--shape", "tiny", "--repeat", "1", "--warmup", "0", "--rounds", "1"]
+        if quick
+        else ["--repeat", "2", "--rounds", "3"]
     )
     xtok = [py, "benchmarks/bench_xtok.py"]
     xtok += (
