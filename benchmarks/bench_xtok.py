@@ -12,9 +12,12 @@ the timed step is ``compute_terms`` + ``weighted_loss`` + ``backward`` + ``AdamW
 Each (method, round) runs in its own child process, so the peak resident memory of one cannot leak into
 another's, and the rounds alternate the methods (round r runs every method once, in a rotated order), so
 machine drift cannot favour one. A child reports the median of ``--steps`` steps after one warm-up, its
-peak RSS over a baseline child that only builds the data and models, and its data-preparation time
-(first run vs cached: every child after the first finds the vocabulary maps, tokenizers and span parses
-in the cache). SRA is measured with both attention captures: ``sra`` (the row recomputed next to the
+peak RSS over a baseline child that only builds the data and models, and its data-preparation time.
+The children share one cache folder that starts empty (``$DISTILLKIT_CACHE`` is set to a fresh temporary
+folder unless ``--cache DIR`` names one), so the first round's baseline child is a true first run (it
+trains the two tokenizers and builds ULD's alignments) and each method's first child builds its own
+alignments (vocabulary maps, token pairs, co-segmentation, span parses); every later child finds them
+in the cache: ``prep_first_s`` vs ``prep_cached_s``. SRA is measured with both attention captures: ``sra`` (the row recomputed next to the
 SDPA kernel, the default) and ``sra_eager`` (every layer eager, ``model.*.attn_implementation=
 distillkit_eager``). Ratios are within one run; never compare absolute times across machines.
 Writes ``benchmarks/results/xtok.json`` (or ``--out``) and prints a table.
@@ -52,6 +55,16 @@ METHODS = {
     "mta_xtok": ["method=mta_xtok"],
 }
 TARGETS = {"mined": 1.10, "dskdv2_eta": 1.10, "sra": 1.10}
+LABELS = {
+    "uld": "ULD",
+    "mined": "MinED",
+    "dskdv2_eta": "DSKDv2-ETA",
+    "dskd_cma": "DSKD-CMA",
+    "multilevel_ot": "MultiLevelOT",
+    "sra": "SRA (row next to SDPA, default)",
+    "sra_eager": "SRA (eager attention, every layer)",
+    "mta_xtok": "MTA-xtok (on DSKDv2-ETA)",
+}
 SHAPES = {
     "bench": {"teacher": (8, 512, 8), "student": (4, 256, 4), "vocab": 4096, "rows": 200, "batch": 8},
     "tiny": {"teacher": (2, 64, 4), "student": (2, 32, 2), "vocab": 1024, "rows": 16, "batch": 4},
@@ -159,8 +172,11 @@ def run_child(name: str, shape: str, steps: int) -> dict:
 
 
 def spawn(name: str, args) -> dict:
+    import os
+
     cmd = [sys.executable, __file__, "--child", name, "--shape", args.shape, "--steps", str(args.steps)]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    env = {**os.environ, "DISTILLKIT_CACHE": str(args.cache)} if args.cache else None
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     if done.returncode != 0:
         return {"child": name, "error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -174,11 +190,18 @@ def summarize(rounds: list[list[dict]]) -> dict:
             if r["child"] != "baseline":
                 by_method.setdefault(r["child"], []).append(r)
     uld = by_method.get("uld", [])
-    out = {"baseline_rss_mb": base_rss, "methods": {}}
+    baselines = [r for rnd in rounds for r in rnd if r["child"] == "baseline" and "prep_s" in r]
+    out = {
+        "baseline_rss_mb": base_rss,
+        # data preparation of the ULD run: into an empty cache (tokenizers trained), then cached
+        "prep_cold_s": baselines[0]["prep_s"] if baselines else None,
+        "prep_warm_s": statistics.median(r["prep_s"] for r in baselines[1:]) if len(baselines) > 1 else None,
+        "methods": {},
+    }
     for name, recs in by_method.items():
         ok = [r for r in recs if "step_s" in r]
         if not ok:
-            out["methods"][name] = {"error": recs[0].get("error")}
+            out["methods"][name] = {"label": LABELS.get(name, name), "error": recs[0].get("error")}
             continue
         # per-round ratio against ULD of the same round, then median and spread over the rounds
         ratios = [r["step_s"] / u["step_s"] for r, u in zip(recs, uld) if "step_s" in r and "step_s" in u]
@@ -188,6 +211,7 @@ def summarize(rounds: list[list[dict]]) -> dict:
             if "step_s" in r and "step_s" in u
         ]
         out["methods"][name] = {
+            "label": LABELS.get(name, name),
             "step_s": statistics.median(r["step_s"] for r in ok),
             "step_ratio_vs_uld": statistics.median(ratios) if ratios else None,
             "step_ratio_range": [min(ratios), max(ratios)] if ratios else None,
@@ -207,6 +231,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--out", type=Path, default=RESULTS / "xtok.json")
+    parser.add_argument("--cache", type=Path, help="the children's cache folder (default: a fresh empty one)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -216,15 +241,31 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"--methods {unknown}; valid: {', '.join(METHODS)}")
     names = ["uld", *[m for m in args.methods if m != "uld"]]
+    import tempfile
+
+    fresh = None
+    if args.cache is None:
+        fresh = tempfile.TemporaryDirectory(prefix="dk-bench-cache-")
+        args.cache = Path(fresh.name)
     rounds = []
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         rounds.append([spawn("baseline", args)] + [spawn(n, args) for n in order])
-    summary = {"shape": args.shape, "rounds": args.rounds, **summarize(rounds), "raw": rounds}
+    if fresh is not None:
+        fresh.cleanup()
+    summary = {
+        "shape": args.shape,
+        "rounds": args.rounds,
+        "steps": args.steps,
+        "sizes": SHAPES[args.shape],
+        "base": "uld",
+        **summarize(rounds),
+        "raw": rounds,
+    }
+    from distillkit.utils.io import atomic_write_json
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(args.out)
+    atomic_write_json(args.out, summary)
     print(f"cross-tokenizer step benchmark ({args.shape}, {args.rounds} alternating rounds; base: uld)")
     print(
         f"{'method':<14} {'step':>9} {'x uld':>7} {'range':>13} {'mem x uld':>10} {'tok/s':>8} {'prep 1st/cached':>17} target"

@@ -1,16 +1,24 @@
-"""``make bench``: run every benchmark in its own process, then one summary of each ratio against its target.
+"""``make bench``: run every benchmark in its own process, a summary of each ratio against its target,
+and one report of everything (``benchmarks/results/report.md`` + ``report.json``).
 
-    python benchmarks/run_all.py [--quick] [--only spans|methods]
+    python benchmarks/run_all.py [--quick] [--only spans|methods|xtok|chunk|paper]
+    BENCH_SCALE=paper python benchmarks/run_all.py      # on a GPU: qwen-to-gpt2 at its real size, MFU
 
 * ``benchmarks/bench_spans.py``: cached spaCy parse speed-up (target >= 50x) and span pooling as a
   share of a KD step (target <= 5%, one row per batch shape);
-* ``benchmarks/bench_methods.py``: MTA step time (<= 1.05x, alternating rounds) and peak memory (<= 1.15x) against a
-  plain KD (SRKL) step.
+* ``benchmarks/bench_methods.py``: every same-tokenizer method's step time and peak memory against
+  KD-SRKL over alternating rounds; MTA's targets (<= 1.05x step, <= 1.15x memory);
+* ``benchmarks/bench_xtok.py``: every cross-tokenizer method against ULD, data preparation first run
+  vs cached;
+* ``benchmarks/bench_chunk.py``: the KD loss's peak memory with ``method.chunk_size`` vs without, at
+  the Qwen vocabulary (151936);
+* ``BENCH_SCALE=paper``: ``benchmarks/bench_paper.py`` (sft, kd, mta, sra on qwen-to-gpt2, bf16, MFU)
+  and the chunk benchmark on the GPU instead; on a machine without a GPU it refuses, saying so.
 
 Each line of the summary says PASS or MISS. The exit status is 0 either way — a benchmark is a
-measurement, not a test — unless a benchmark *crashed* (exit 1: that is a bug). The data root for
-the parse benchmark comes from ``$DISTILLKIT_DATA_ROOT``, else ``../shared/data`` next to the repo.
-Threads are left at torch's defaults.
+measurement, not a test — unless a benchmark *crashed* (exit 1: that is a bug) or the paper scale was
+asked for without a GPU (exit 2). The data root for the parse benchmark comes from
+``$DISTILLKIT_DATA_ROOT``, else ``../shared/data`` next to the repo. Threads are left at torch's defaults.
 """
 
 from __future__ import annotations
@@ -26,7 +34,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-BENCHMARKS = ("spans", "methods", "xtok")
+BENCHMARKS = ("spans", "methods", "xtok", "chunk", "paper")
+SCALES = ("cpu", "paper")
 
 
 def _env() -> dict[str, str]:
@@ -37,15 +46,28 @@ def _env() -> dict[str, str]:
     return env
 
 
-def commands(quick: bool) -> dict[str, list[str]]:
+def commands(quick: bool, scale: str = "cpu") -> dict[str, list[str]]:
     """The command line of each benchmark (``quick``: the smallest sizes, for a smoke run)."""
     py = sys.executable
+    chunk = [py, "benchmarks/bench_chunk.py"] + (["--quick"] if quick else ["--tokens", "512"])
+    if scale == "paper":
+        paper = [py, "benchmarks/bench_paper.py", "--steps", "3" if quick else "10"]
+        return {
+            "paper": paper,
+            "chunk": [py, "benchmarks/bench_chunk.py", "--tokens", "4096", "--chunk", "512"],
+        }
     spans = [py, "benchmarks/bench_spans.py"] + (["--quick"] if quick else ["--repeat", "2"])
     methods = [py, "benchmarks/bench_methods.py"]
-    methods += ["--shape", "tiny", "--repeat", "1", "--warmup", "0", "--rounds", "1"] if quick else ["--repeat", "5"]
+    methods += (
+        ["--shape", "tiny", "--repeat", "1", "--warmup", "0", "--rounds", "1"]
+        if quick
+        else ["--repeat", "2", "--rounds", "3"]
+    )
     xtok = [py, "benchmarks/bench_xtok.py"]
-    xtok += ["--shape", "tiny", "--rounds", "1", "--steps", "1"] if quick else ["--rounds", "3"]
-    return {"spans": spans, "methods": methods, "xtok": xtok}
+    xtok += (
+        ["--shape", "tiny", "--rounds", "1", "--steps", "1"] if quick else ["--rounds", "3", "--steps", "2"]
+    )
+    return {"spans": spans, "methods": methods, "xtok": xtok, "chunk": chunk}
 
 
 def check(measure: str, value: float, target: float, higher_is_better: bool) -> dict[str, Any]:
@@ -79,7 +101,7 @@ def summary_rows(spans: dict[str, Any] | None, methods: dict[str, Any] | None) -
                     False,
                 )
             )
-    if methods is not None:
+    if methods is not None and "ratios" in methods:
         ratios, targets = methods["ratios"], methods["targets"]
         rows.append(
             check("MTA step / KD step", ratios["mta_step_ratio"], targets["mta_step_ratio_max"], False)
@@ -108,10 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_argument("--quick", action="store_true", help="smallest sizes (a smoke run, ratios meaningless)")
     cli.add_argument("--only", choices=BENCHMARKS, help="run one benchmark")
+    cli.add_argument("--scale", choices=SCALES, default=os.environ.get("BENCH_SCALE") or "cpu")
     args = cli.parse_args(argv)
+    if args.scale == "paper":
+        import torch
+
+        if not torch.cuda.is_available():
+            from benchmarks.bench_paper import NOT_ON_CPU
+
+            print(NOT_ON_CPU, file=sys.stderr)
+            return 2
 
     crashed, seconds = [], {}
-    for name, cmd in commands(args.quick).items():
+    started = time.perf_counter()
+    for name, cmd in commands(args.quick, args.scale).items():
         if args.only and name != args.only:
             continue
         print(f"== {name}: {' '.join(cmd[1:])}", flush=True)
@@ -146,9 +178,19 @@ def main(argv: list[str] | None = None) -> int:
     from distillkit.utils.io import atomic_write_json
 
     RESULTS.mkdir(parents=True, exist_ok=True)
+    if not (RESULTS / ".gitignore").exists():
+        (RESULTS / ".gitignore").write_text("*\n")
+    seconds["total"] = time.perf_counter() - started
     atomic_write_json(
-        RESULTS / "summary.json", {"rows": rows, "seconds": seconds, "crashed": crashed, "quick": args.quick}
+        RESULTS / "summary.json",
+        {"rows": rows, "seconds": seconds, "crashed": crashed, "quick": args.quick, "scale": args.scale},
     )
+    from benchmarks.report import write_report
+
+    ran = [n for n in seconds if n != "total" and n not in crashed]
+    settings = {"scale": args.scale, "quick": args.quick, "benchmarks": " ".join(ran)}
+    report = write_report(RESULTS, settings, names=[*ran, "summary"])
+    print(f"report: {report} (and report.json); total {seconds['total']:.0f} s")
     return 1 if crashed else 0
 
 

@@ -39,9 +39,9 @@ def _check_breakdown(breakdown: dict) -> None:
 
 
 def test_tiny_children_and_summary():
-    records = {name: bm.run_child(name, "tiny", repeat=1, warmup=0) for name in bm.CHILDREN}
+    records = {name: bm.run_child(name, "tiny", repeat=1, warmup=0) for name in ("baseline", "kd", "mta")}
     assert records["baseline"]["peak_rss_mb"] > 0 and "step_s" not in records["baseline"]
-    for method in bm.METHODS:
+    for method in ("kd", "mta"):
         _check_method_record(records[method], method)
     mta = records["mta"]
     assert mta["weights"] == {"kd": 1.0, "dsa": 2.0, "hra": pytest.approx(0.2)}  # w_span 2, hra_factor 0.1
@@ -57,6 +57,16 @@ def test_tiny_children_and_summary():
     base = records["baseline"]["peak_rss_mb"]
     assert ratios["mta_memory_increment_mb"] == pytest.approx(mta["peak_rss_mb"] - base)
     json.dumps(records)  # what the child prints must be plain JSON
+
+    # the per-method summary over rounds: ratios against kd within each round, median and range
+    rounds = [records, {**records, "mta": {**mta, "step_s": 2 * mta["step_s"]}}]
+    methods = bm.summarize_methods(rounds)
+    assert methods["kd"]["step_ratio"] == 1.0 and methods["mta"]["rounds"] == 2
+    r0 = mta["step_s"] / records["kd"]["step_s"]
+    assert methods["mta"]["step_ratio_range"] == pytest.approx([r0, 2 * r0])
+    assert methods["mta"]["tokens_per_s"] > 0
+    failed = bm.summarize_methods([{**records, "sra": {"child": "sra", "error": "boom"}}])
+    assert failed["sra"] == {"label": bm.METHODS["sra"], "error": "boom"}
 
 
 def test_tiny_batch_memberships_match_the_generator():
@@ -87,20 +97,25 @@ def test_tiny_batch_memberships_match_the_generator():
 
 
 def test_unknown_method_is_refused_with_the_choices():
-    with pytest.raises(ValueError, match="method='sra'.*kd, mta"):
-        bm.method_overrides("sra", bm.SHAPES["tiny"])
+    with pytest.raises(ValueError, match="method='nope'.*kd, kd_fkl, sft, mta, sra, dskd"):
+        bm.method_overrides("nope", bm.SHAPES["tiny"])
 
 
 @pytest.mark.slow
 def test_parent_spawns_children_and_writes_json(tmp_path):
     out = tmp_path / "methods.json"
     cmd = [sys.executable, "benchmarks/bench_methods.py", "--shape", "tiny", "--repeat", "1", "--warmup", "0"]
+    cmd += ["--rounds", "1"]
     proc = subprocess.run([*cmd, "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert set(result["children"]) == set(bm.CHILDREN)
-    for method in bm.METHODS:
+    assert set(result["children"]) == set(bm.CHILDREN)  # every method ran, one child each
+    for method in ("kd", "kd_fkl", "mta"):
         _check_method_record(result["children"][method], method)
+    assert set(result["methods"]) == set(bm.METHODS)
+    for name, m in result["methods"].items():
+        assert "error" not in m, (name, m)
+        assert m["step_ratio"] > 0 and m["memory_ratio"] > 0 and m["tokens_per_s"] > 0
     _check_breakdown(result["children"]["mta"]["breakdown_s"])
     assert result["targets"] == bm.TARGETS
     assert result["ratios"]["mta_step_ratio"] > 0 and result["ratios"]["mta_memory_ratio"] > 0

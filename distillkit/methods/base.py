@@ -257,6 +257,13 @@ class Method(nn.Module):
     def weights(self) -> dict[str, float]:
         return {k: w * float(self.multipliers.get(k, 1.0)) for k, w in self.structural_weights().items()}
 
+    @property
+    def chunk_size(self) -> int | None:
+        """The base objective's ``chunk_size`` (``method.chunk_size`` on a base, ``method.base.chunk_size``
+        under an auxiliary one), which the method's CE follows too; None (unchunked) when it has none."""
+        size = getattr(getattr(self.base, "cfg", None), "chunk_size", None)
+        return int(size) if size else None
+
     def active(self, term: str) -> bool:
         return self.weights.get(term, 0.0) != 0.0
 
@@ -280,8 +287,11 @@ class Method(nn.Module):
     def forward(self, student: ModelOutput, teacher: ModelOutput | None, batch: Batch) -> dict[str, Tensor]:
         weights = self.weights
         active = frozenset(k for k, w in weights.items() if w != 0.0)
-        # CE is cheap from the student's logits: logged even at weight 0 (as a detached diagnostic)
-        ce = cross_entropy(student.logits, batch.student.labels, reduction=self.reduction)
+        # CE is cheap from the student's logits: logged even at weight 0 (as a detached diagnostic);
+        # over chunks of positions when the base objective asks for it (its ``chunk_size``)
+        ce = cross_entropy(
+            student.logits, batch.student.labels, reduction=self.reduction, chunk_size=self.chunk_size
+        )
         terms = {"ce": ce if "ce" in active else ce.detach()}
         for obj in self.objectives:
             terms.update(obj(student, teacher, batch, active))

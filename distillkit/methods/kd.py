@@ -22,12 +22,17 @@ class KDConfig(ObjectiveConfig):
     temperature: float = 1.0  # logits / T, no T² (DSKD 2.0; DistiLLM 1.0)
     skew_lambda: float = 0.1  # skl / srkl skew
     akl_mu: float = 0.5  # akl head/tail split
-    chunk_size: Optional[int] = None  # compute the divergence over chunks of this many positions
+    # the divergence (and the method's CE) over chunks of this many counted positions, forward and
+    # backward: the same loss and gradients, the largest float32 intermediate chunk_size x V instead of
+    # N x V (a large vocabulary). None: unchunked (the fastest when memory allows)
+    chunk_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.temperature <= 0:
             raise MethodSetupError(f"method.temperature must be > 0, got {self.temperature}")
+        if self.chunk_size is not None and self.chunk_size < 1:
+            raise MethodSetupError(f"method.chunk_size must be a positive int or null, got {self.chunk_size}")
 
 
 class KD(Objective):

@@ -303,8 +303,8 @@ class SRA(Objective):
         want = {t for t in ("com", "geometric", "span_logit", "dynamics") if t in active}
         if not want:
             return {}
-        omega = torch.tensor(c.pair_weights or [1.0] * len(self.pairs), dtype=torch.float32)
-        omega = (omega / omega.sum()).tolist()
+        raw = [float(w) for w in (c.pair_weights or [1.0] * len(self.pairs))]
+        omega = [w / sum(raw) for w in raw]  # plain floats: no tensor round trip in the step
         uniform_mass = value(c.span_mass) == "uniform"
         com, proj_s, cents_t, masses_t, w_last = [], [], [], [], None
         c_s = c_t = None
