@@ -83,7 +83,12 @@ def _validate_numbers(cfg: DictConfig) -> None:
         d.max_total_tokens > d.max_prompt_tokens,
         f"larger than data.max_prompt_tokens={d.max_prompt_tokens} (room for a response)",
     )
-    _check("data.num_workers", d.num_workers, d.num_workers >= 0, "an integer >= 0")
+    _check(
+        "data.num_workers",
+        d.num_workers,
+        d.num_workers is None or d.num_workers >= 0,
+        "null (auto) or an integer >= 0",
+    )
     if value(d.source) == "synthetic":
         _check("data.synthetic.n_train", d.synthetic.n_train, d.synthetic.n_train >= 1, positive)
         for key in ("n_dev", "n_test"):

@@ -59,6 +59,11 @@ class Source(Choice):
 
 
 class DType(Choice):
+    """A model's weight dtype. ``auto``: bfloat16 for a frozen teacher on a GPU with bf16, float32
+    otherwise (a CPU, and any trained model: its master weights; ``strategy.precision`` decides the
+    compute dtype). See ``distillkit.models.pair.resolve_dtype``."""
+
+    auto = "auto"
     float32 = "float32"
     bfloat16 = "bfloat16"
     float16 = "float16"
@@ -94,7 +99,7 @@ class ModelSideConfig:
     hidden: Optional[int] = None
     heads: Optional[int] = None
     intermediate: Optional[int] = None
-    dtype: DType = DType.float32
+    dtype: DType = DType.auto
     attn_implementation: Optional[str] = None
     lora: Optional[LoraConfig] = None
 
@@ -177,7 +182,10 @@ class DataConfig:
     max_dev_rows: Optional[int] = None
     batch_size: int = 8
     eval_batch_size: int = 16
-    num_workers: int = 0
+    # loader worker processes and pinned memory; null: 0 workers and no pinning on a CPU, up to 4 workers
+    # per process and pinned memory on a GPU (distillkit.data.datamodule.loader_settings)
+    num_workers: Optional[int] = None
+    pin_memory: Optional[bool] = None
     shuffle_seed: int = 1234
 
 

@@ -51,6 +51,30 @@ def run_forward(
     )
 
 
+def reset_output_capture(model: nn.Module | None) -> None:
+    """Make ``output_hidden_states`` work in this process. transformers 5 records hidden states through
+    forward hooks it installs at a model's first forward, from ``_can_record_outputs`` registered per
+    class when a model is constructed (``transformers.utils.output_capturing._CAN_RECORD_REGISTRY``). A
+    model unpickled in a ``ddp_spawn`` process was constructed in the launching one: the registry there is
+    empty and every forward returns ``hidden_states=None``. This registers each submodel's class again and
+    drops hooks (and the installed flag) that came from elsewhere, so the next forward installs them here."""
+    if model is None:
+        return
+    try:
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:  # an older transformers: hidden states are returned without hooks
+        return
+    for module in model.modules():
+        can_record = getattr(type(module), "_can_record_outputs", None)
+        if can_record is not None and not _CAN_RECORD_REGISTRY.get(module):
+            _CAN_RECORD_REGISTRY[module] = can_record
+        for key, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__name__", "") == "output_capturing_hook":
+                del module._forward_hooks[key]
+        if getattr(module, "_output_capturing_hooks_installed", False):
+            module._output_capturing_hooks_installed = False
+
+
 class DistillModule(L.LightningModule):
     def __init__(self, student: LoadedModel, teacher: LoadedModel | None, method: Method, optim: Any):
         super().__init__()
@@ -74,6 +98,11 @@ class DistillModule(L.LightningModule):
         #: response tokens of the accumulation group so far (a device tensor: no host sync)
         self.global_tokens = getattr(method, "token_normalization", "micro_batch") == "global"
         self._group_tokens: Tensor | None = None
+
+    def setup(self, stage: str) -> None:
+        # in every process of the run (ddp_spawn: after unpickling), before any forward there
+        reset_output_capture(self.student)
+        reset_output_capture(self.teacher)
 
     # -- modes ----------------------------------------------------------------------------------
     def train(self, mode: bool = True) -> DistillModule:

@@ -287,6 +287,8 @@ RESUME_IGNORED = (
     "data.test",
     "data.max_dev_rows",
     "data.eval_batch_size",
+    "data.num_workers",
+    "data.pin_memory",
     "trainer.val_check_interval",
     "trainer.check_val_every_n_epoch",
     "trainer.limit_val_batches",
@@ -439,10 +441,12 @@ def train(
             "teacher",
             cfg.cache_dir,
             weights_path=weights,
+            frozen=True,
+            accelerator=cfg.strategy.accelerator,
         )
     # re-seed so the student's initialisation does not depend on whether the teacher was just trained
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    student = load_model(trainee_side, trainee_role, cfg.cache_dir)
+    student = load_model(trainee_side, trainee_role, cfg.cache_dir, frozen=False, accelerator=cfg.strategy.accelerator)
     method.setup(teacher, student)
     # attention is captured only for the layers the objectives name (distillkit.models.attention)
     enable_attention_capture(student, method.student_needs, trainee_side.attn_implementation)

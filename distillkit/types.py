@@ -54,6 +54,14 @@ class SpanMembership:
             span_mask=self.span_mask.to(device, non_blocking=True),
         )
 
+    def pin_memory(self) -> SpanMembership:
+        return replace(
+            self,
+            token_index=self.token_index.pin_memory(),
+            span_index=self.span_index.pin_memory(),
+            span_mask=self.span_mask.pin_memory(),
+        )
+
 
 @dataclass
 class SpanGrid:
@@ -75,6 +83,10 @@ class SpanGrid:
         s = self.student.to(device)
         return SpanGrid(s, s if self.teacher is self.student else self.teacher.to(device))
 
+    def pin_memory(self) -> SpanGrid:
+        s = self.student.pin_memory()
+        return SpanGrid(s, s if self.teacher is self.student else self.teacher.pin_memory())
+
 
 @dataclass
 class TokenPairs:
@@ -90,6 +102,9 @@ class TokenPairs:
         return TokenPairs(
             *(t.to(device, non_blocking=True) for t in (self.student_pos, self.teacher_pos, self.mask))
         )
+
+    def pin_memory(self) -> TokenPairs:
+        return TokenPairs(*(t.pin_memory() for t in (self.student_pos, self.teacher_pos, self.mask)))
 
 
 @dataclass
@@ -113,6 +128,10 @@ class SideBatch:
 
     def to(self, device: torch.device | str) -> SideBatch:
         return SideBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
+
+    def pin_memory(self) -> SideBatch:
+        """Page-locked host copies (the loader's ``pin_memory=True`` calls this on GPUs)."""
+        return SideBatch(*(getattr(self, f.name).pin_memory() for f in fields(self)))
 
 
 @dataclass
@@ -148,6 +167,20 @@ class Batch:
             index=self.index.to(device),
             grids={k: v.to(device) for k, v in self.grids.items()},
             pairs={k: v.to(device) for k, v in self.pairs.items()},
+        )
+
+    def pin_memory(self) -> Batch:
+        """Every tensor in page-locked memory, so :meth:`to` copies asynchronously (torch's pinning
+        thread calls this when the loader has ``pin_memory=True``; a dataclass without it is left
+        unpinned)."""
+        student = self.student.pin_memory()
+        return replace(
+            self,
+            student=student,
+            teacher=student if self.teacher is self.student else self.teacher.pin_memory(),
+            index=self.index.pin_memory(),
+            grids={k: v.pin_memory() for k, v in self.grids.items()},
+            pairs={k: v.pin_memory() for k, v in self.pairs.items()},
         )
 
 

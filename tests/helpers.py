@@ -109,3 +109,105 @@ def shrunken_qwen_to_gpt2(data_root: Path, teacher_layers: int = 2) -> list[str]
         "final_eval=false",
         "export=false",
     ]
+
+
+class StepRecorder(L.Callback):
+    """Records, on every rank, each step's sample ids, token count and loss terms (computed before the
+    update on the batch the rank received), and checks the frozen teacher and the batch's span
+    memberships; writes ``<out>/steps.rank<r>.json`` at the end and a checkpoint ``<out>/end.ckpt``.
+
+    ``shards``: also record the terms of the would-be rank shards ``index[r::shards]`` of each batch (a
+    one-process run computes what each of ``shards`` DDP ranks should see at the same weights).
+    Added from the config: ``+callbacks.rec._target_=tests.helpers.StepRecorder +callbacks.rec.out=DIR``.
+    """
+
+    def __init__(self, out: str, shards: int = 0, checkpoint: bool = True):
+        self.out, self.shards, self.checkpoint = out, int(shards), checkpoint
+        self.steps: list[dict] = []
+        self.frozen: dict = {}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        teacher = pl_module.teacher
+        in_optimizer = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        params = list(teacher.parameters()) if teacher is not None else []
+        self.frozen = {
+            "teacher_params": len(params),
+            "requires_grad": sum(p.requires_grad for p in params),
+            "in_optimizer": sum(id(p) in in_optimizer for p in params),
+            "teacher_training": bool(teacher is not None and teacher.training),
+            "teacher_dtype": str(params[0].dtype) if params else None,
+            "student_dtype": str(next(pl_module.student.parameters()).dtype),
+        }
+
+    def _terms(self, pl_module: L.LightningModule, batch) -> dict[str, float]:
+        import torch
+
+        # under the precision plugin's context, as training_step runs (bf16 autocast / bf16 default dtype)
+        with torch.no_grad(), pl_module.trainer.precision_plugin.forward_context():
+            terms = pl_module.compute_terms(batch)
+            loss = pl_module.weighted_loss(terms)
+        out = {k: float(v) for k, v in terms.items()}
+        out["loss"] = float(loss)
+        out["dtypes"] = sorted({str(v.dtype) for v in terms.values()})
+        return out
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int):
+        import torch
+
+        from distillkit.data.datamodule import collate
+
+        examples = trainer.datamodule.examples["train"]
+        index = batch.index.tolist()
+        # the batch's span memberships are the collate of these samples' own annotations
+        again = collate([examples[i] for i in index])
+        for name, grid in batch.grids.items():
+            for side in ("student", "teacher"):
+                a, b = getattr(grid, side), getattr(again.grids[name], side)
+                assert torch.equal(a.token_index.cpu(), b.token_index) and torch.equal(
+                    a.span_index.cpu(), b.span_index
+                ), (name, side, index)
+        record = {
+            "step": trainer.global_step,
+            "index": index,
+            "tokens": int(batch.student.loss_mask.sum()),
+            "spans": {n: int(g.span_mask.sum()) for n, g in batch.grids.items()},
+            "terms": self._terms(pl_module, batch),
+        }
+        if self.shards > 1:
+            record["shards"] = [
+                self._terms(pl_module, collate([examples[i] for i in index[r :: self.shards]]))
+                for r in range(self.shards)
+            ]
+        self.steps.append(record)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        import torch
+
+        if trainer.global_step == 0 and trainer.global_rank == 0:  # the first update's (all-reduced) gradient
+            grads = [p.grad.detach().flatten() for p in pl_module.student.parameters() if p.grad is not None]
+            Path(self.out).mkdir(parents=True, exist_ok=True)
+            torch.save(torch.cat(grads), Path(self.out) / "grad0.pt")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import json
+
+        out = Path(self.out)
+        out.mkdir(parents=True, exist_ok=True)
+        rank = trainer.global_rank
+        (out / f"steps.rank{rank}.json").write_text(
+            json.dumps(
+                {"rank": rank, "world": trainer.world_size, "frozen": self.frozen, "steps": self.steps}
+            )
+        )
+        if self.checkpoint:
+            trainer.save_checkpoint(str(out / "end.ckpt"))  # every rank calls it; rank 0 writes
+
+
+def record_steps(out: Path, shards: int = 0, checkpoint: bool = True) -> list[str]:
+    """Overrides that add a :class:`StepRecorder` writing into ``out``."""
+    return [
+        "+callbacks.rec._target_=tests.helpers.StepRecorder",
+        f"+callbacks.rec.out={out}",
+        f"+callbacks.rec.shards={shards}",
+        f"+callbacks.rec.checkpoint={str(checkpoint).lower()}",
+    ]

@@ -189,27 +189,6 @@ def test_gpt2_shapes_with_the_real_tokenizer_on_real_dolly_rows(tmp_path, data_r
     assert out["metrics"]["train/kd"] > 0
 
 
-@pytest.mark.slow
-def test_ddp_spawn_on_two_cpu_processes(tmp_path):
-    """DDP by spawning (safe under Hydra multirun) on 2 CPU processes with gloo; the trained weights
-    come back to the launching process."""
-    from distillkit.models.pair import load_model
-
-    cfg = compose_cfg(
-        SMALL + ["strategy=ddp_spawn", "callbacks=none", "trainer.max_steps=2", "data.synthetic.n_train=32"],
-        tmp_path,
-    )
-    out = train(cfg, tmp_path)
-    assert out["trainer"].world_size == 2
-    torch.manual_seed(0)
-    import lightning as L
-
-    L.seed_everything(int(cfg.seed), verbose=False)
-    fresh = load_model(cfg.model.student, "student", cfg.cache_dir).model.state_dict()
-    trained = out["module"].student.state_dict()
-    assert any(not torch.equal(trained[k], fresh[k]) for k in fresh)
-
-
 def test_stage_teacher_sft_trains_and_exports_the_teacher(tmp_path):
     from transformers import AutoModelForCausalLM
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, DistributedSampler
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from distillkit.data.encode import Encoded, Example, encode, fits, prompt_frame
@@ -22,31 +23,59 @@ log = logging.getLogger(__name__)
 Annotator = Callable[[list[Example]], dict[str, Any]]
 
 
-class EpochSeededSampler(Sampler[int]):
-    """A shuffle that depends only on (seed, epoch), resumable at any position.
+class EpochSeededSampler(DistributedSampler):
+    """A shuffle that depends only on (seed, epoch), never on the world size, resumable at any position.
 
-    The order of epoch ``e`` is ``randperm(n)`` under a generator seeded with ``seed * 100_003 + e``.
+    The global order of epoch ``e`` is ``randperm(n)`` under a generator seeded with
+    ``seed * 100_003 + e``. With ``num_replicas`` processes (DDP), rank ``r`` takes positions
+    ``r, r + W, r + 2W, ...`` of that order (padded at the end with its first indices, as torch's
+    ``DistributedSampler`` does, so every rank has the same number of batches). Step ``k`` of the
+    ``W`` ranks with ``batch_size = b`` each therefore holds exactly positions ``[k·W·b, (k+1)·W·b)`` of
+    the global order: the global batch one process with ``batch_size = W·b`` gets at step ``k``.
+
+    It is a ``DistributedSampler`` so that Lightning leaves it in place under DDP instead of wrapping it in
+    its ``DistributedSamplerWrapper`` (which re-shuffles the wrapped order with its own seed and makes the
+    order depend on the world size). :meth:`DistillDataModule.train_dataloader` passes the trainer's
+    ``distributed_sampler_kwargs`` (``num_replicas``, ``rank``); one process is ``num_replicas=1``.
+
     Checkpointing goes through torchdata's ``StatefulDataLoader`` (which Lightning saves with the loop
     state): the sampler's state is its epoch, the state of its iterator (:class:`_EpochOrder`) the
     epoch and the number of indices it has handed out, so a resume continues the same order at the
-    same position instead of replaying the epoch from its start.
+    same position instead of replaying the epoch from its start. Under DDP every rank hands out the
+    same number of indices per step, so rank 0's saved position is every rank's position.
     """
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, num_replicas: int = 1, rank: int = 0):
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} of {num_replicas} replicas")
+        # not DistributedSampler.__init__ (it asks torch.distributed for defaults): only its attributes
+        self.dataset, self.n, self.seed, self.epoch = range(n), n, seed, 0
+        self.num_replicas, self.rank = num_replicas, rank
+        self.shuffle, self.drop_last = True, False
+        self.num_samples = math.ceil(n / num_replicas) if n else 0
+        self.total_size = self.num_samples * num_replicas
 
     def set_epoch(self, epoch: int) -> None:  # Lightning calls this at the start of each epoch
         self.epoch = epoch
 
-    def order(self, epoch: int) -> list[int]:
+    def global_order(self, epoch: int) -> list[int]:
+        """The epoch's order over all ranks (the same for every world size)."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         return torch.randperm(self.n, generator=g).tolist()
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's share of :meth:`global_order`: positions ``rank::num_replicas`` (padded)."""
+        order = self.global_order(epoch)
+        if self.num_replicas == 1:
+            return order
+        padded = order + (order * self.num_replicas)[: self.total_size - self.n]
+        return padded[self.rank : self.total_size : self.num_replicas]
 
     def __iter__(self) -> _EpochOrder:
         return _EpochOrder(self)
 
     def __len__(self) -> int:
-        return self.n
+        return self.num_samples
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch}
@@ -170,6 +199,15 @@ class DistillDataModule(L.LightningDataModule):
         self.report: dict[str, Any] = {}
         self._ready = False
 
+    def __getstate__(self) -> dict[str, Any]:
+        """``ddp_spawn`` pickles the prepared datamodule into each process: the row transforms ran in
+        :meth:`setup` (SeqKD's holds the teacher generator) and do not travel; the annotators do (they
+        are picklable partials), for the on-policy data annotated in the step's process."""
+        state = dict(self.__dict__)
+        if state.get("_ready"):
+            state["row_transforms"] = []
+        return state
+
     # -- preparation ---------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self._ready:
@@ -259,23 +297,47 @@ class DistillDataModule(L.LightningDataModule):
         return stats
 
     # -- loaders --------------------------------------------------------------------------------
+    def _trainer(self) -> Any:
+        try:
+            return self.trainer
+        except RuntimeError:  # not attached to a trainer (tests, scripts)
+            return None
+
+    def loader_options(self) -> dict[str, Any]:
+        """``num_workers`` and ``pin_memory`` of every loader (:func:`loader_settings` on the trainer's
+        accelerator and devices per node; one CPU process without a trainer)."""
+        trainer = self._trainer()
+        on_gpu = trainer is not None and type(trainer.accelerator).__name__ == "CUDAAccelerator"
+        local = int(getattr(trainer, "num_devices", 1) or 1) if trainer is not None else 1
+        return loader_settings(self.cfg, on_gpu=on_gpu, local_processes=local)
+
     def train_dataloader(self) -> StatefulDataLoader:
         """A ``StatefulDataLoader`` (torchdata): Lightning checkpoints its state with the loop, so a
-        resume at any step continues the epoch's order where it stopped. The loader's own generator
-        (seeded by ``shuffle_seed``) keeps the per-iterator seed draw off the global RNG."""
+        resume at any step continues the epoch's order where it stopped. Its sampler is this rank's
+        share of the world-size-independent order (:class:`EpochSeededSampler`, from the trainer's
+        ``distributed_sampler_kwargs``). The loader's own generator (seeded by ``shuffle_seed``) keeps
+        the per-iterator seed draw off the global RNG."""
         import warnings
 
         examples = self.examples["train"]
+        trainer = self._trainer()
+        shard = (getattr(trainer, "distributed_sampler_kwargs", None) if trainer is not None else None) or {}
+        sampler = EpochSeededSampler(
+            len(examples),
+            self.cfg.shuffle_seed,
+            num_replicas=int(shard.get("num_replicas", 1)),
+            rank=int(shard.get("rank", 0)),
+        )
         with warnings.catch_warnings():  # torchdata 0.11 calls torch's deprecated set_vital in __init__
             warnings.filterwarnings("ignore", message=".*set_vital.*")
             return StatefulDataLoader(
                 examples,
                 batch_size=self.cfg.batch_size,
-                sampler=EpochSeededSampler(len(examples), self.cfg.shuffle_seed),
+                sampler=sampler,
                 collate_fn=collate,
-                num_workers=self.cfg.num_workers,
                 drop_last=False,
                 generator=torch.Generator().manual_seed(int(self.cfg.shuffle_seed)),
+                **self.loader_options(),
             )
 
     def val_dataloader(self) -> DataLoader | list:
@@ -287,7 +349,7 @@ class DistillDataModule(L.LightningDataModule):
             batch_size=self.cfg.eval_batch_size,
             shuffle=False,
             collate_fn=collate,
-            num_workers=self.cfg.num_workers,
+            **self.loader_options(),
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -296,3 +358,32 @@ class DistillDataModule(L.LightningDataModule):
             if isinstance(batch, Batch)
             else super().transfer_batch_to_device(batch, device, dataloader_idx)
         )
+
+
+#: worker processes per training process on a GPU when ``data.num_workers`` is unset (batches are
+#: tokenized and annotated in data preparation: a worker only collates)
+GPU_WORKERS = 4
+
+
+def loader_settings(
+    cfg: Any, *, on_gpu: bool, local_processes: int = 1, cpus: int | None = None
+) -> dict[str, Any]:
+    """The loaders' ``num_workers`` and ``pin_memory``: ``data.num_workers`` / ``data.pin_memory`` when
+    set; unset (``null``), on a GPU ``min(GPU_WORKERS, cpus // local_processes - 1)`` workers and pinned
+    memory (so ``Batch.to(device, non_blocking=True)`` copies asynchronously), on a CPU no worker
+    process (collating pre-tokenized examples is cheaper than shipping them between processes) and
+    no pinning."""
+    import os
+
+    workers = cfg.get("num_workers") if hasattr(cfg, "get") else getattr(cfg, "num_workers", None)
+    pin = cfg.get("pin_memory") if hasattr(cfg, "get") else getattr(cfg, "pin_memory", None)
+    if workers is None:
+        if on_gpu:
+            if cpus is None:
+                cpus = (
+                    len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+                )
+            workers = max(0, min(GPU_WORKERS, cpus // max(local_processes, 1) - 1))
+        else:
+            workers = 0
+    return {"num_workers": int(workers), "pin_memory": bool(on_gpu if pin is None else pin)}

@@ -29,6 +29,7 @@ groups evenly with the reference's subsampling rule (:func:`~distillkit.spans.re
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -100,6 +101,37 @@ def _summary(values: list[int]) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "min": int(min(values)), "max": int(max(values))}
 
 
+def _annotate_grids(
+    examples: list[Example], *, source: str, max_spans: int, one_sided: str, name: str
+) -> dict[str, Any]:
+    per_example: list[int] = []
+    tokens = {"student": [], "teacher": []}
+    uncovered = {"student": 0, "teacher": 0}
+    capped = 0
+    for ex in examples:
+        raw_s, raw_t = _raw_grid(ex, source, one_sided)
+        capped += int(len(raw_s) > max_spans)
+        s_groups, t_groups = cap_groups(raw_s, raw_t, max_spans)
+        ex.grids[name] = (s_groups, t_groups)
+        per_example.append(len(s_groups))
+        for side, enc, groups in (("student", ex.student, s_groups), ("teacher", ex.teacher, t_groups)):
+            tokens[side].extend(len(g) for g in groups)
+            uncovered[side] += _uncovered(enc, groups, ex.prompt_chars, len(ex.text))
+    return {
+        f"grids.{name}": {
+            "source": source,
+            "max_spans": max_spans,
+            "examples": len(examples),
+            "groups": int(sum(per_example)),
+            "groups_per_example": _summary(per_example),
+            "examples_without_groups": sum(1 for n in per_example if n == 0),
+            "capped_examples": capped,
+            "tokens_per_group": {side: _summary(v) for side, v in tokens.items()},
+            "uncovered_response_chars": uncovered,
+        }
+    }
+
+
 def sra_grid_annotator(
     source: str = "cosegment",
     max_spans: int = N_SPAN,
@@ -119,32 +151,7 @@ def sra_grid_annotator(
     if isinstance(max_spans, bool) or not isinstance(max_spans, int) or max_spans < 1:
         raise ValueError(f"spans.max_spans={max_spans!r} must be an int >= 1 (reference: {N_SPAN})")
 
-    def annotate(examples: list[Example]) -> dict[str, Any]:
-        per_example: list[int] = []
-        tokens = {"student": [], "teacher": []}
-        uncovered = {"student": 0, "teacher": 0}
-        capped = 0
-        for ex in examples:
-            raw_s, raw_t = _raw_grid(ex, source, one_sided)
-            capped += int(len(raw_s) > max_spans)
-            s_groups, t_groups = cap_groups(raw_s, raw_t, max_spans)
-            ex.grids[name] = (s_groups, t_groups)
-            per_example.append(len(s_groups))
-            for side, enc, groups in (("student", ex.student, s_groups), ("teacher", ex.teacher, t_groups)):
-                tokens[side].extend(len(g) for g in groups)
-                uncovered[side] += _uncovered(enc, groups, ex.prompt_chars, len(ex.text))
-        return {
-            f"grids.{name}": {
-                "source": source,
-                "max_spans": max_spans,
-                "examples": len(examples),
-                "groups": int(sum(per_example)),
-                "groups_per_example": _summary(per_example),
-                "examples_without_groups": sum(1 for n in per_example if n == 0),
-                "capped_examples": capped,
-                "tokens_per_group": {side: _summary(v) for side, v in tokens.items()},
-                "uncovered_response_chars": uncovered,
-            }
-        }
-
-    return annotate
+    # a partial of a module-level function, not a closure: it pickles (ddp_spawn pickles the datamodule)
+    return functools.partial(
+        _annotate_grids, source=source, max_spans=max_spans, one_sided=one_sided, name=name
+    )

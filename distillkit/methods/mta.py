@@ -317,13 +317,13 @@ class MTA(Objective):
                     elif entropy_masses:
                         _, m_t = pool_spans(h_t, t_mem, w_m)
                     if self.cfg.project_student:
-                        c_s = self.projectors[k](c_s)
+                        c_s = _project(self.projectors[k], c_s)
                 with record_function("mta.dsa"):
                     dsa.append(dsa_loss(c_s, c_t, m_t, grid.span_mask))
                 del c_s, c_t, m_t
             if want_hra:
                 with record_function("mta.projector"):
-                    projected = self.projectors[k](h_s.float())
+                    projected = _project(self.projectors[k], h_s)
                 with record_function("mta.hra"):
                     hra.append(hra_loss(projected, h_t, hra_weights(w_m, s_mem), inside(s_mem)))
                 del projected  # only the loss's own saved tensors stay alive for the backward
@@ -332,3 +332,9 @@ class MTA(Objective):
         if hra:
             terms["hra"] = torch.stack(hra).mean()
         return terms
+
+
+def _project(projector: nn.Linear, x: Tensor) -> Tensor:
+    """``projector(x)`` in the projector's own dtype (float32, or bf16 under ``bf16-true``, where the
+    pooled spans are float32 and the hidden states bf16), returned in float32 for the loss."""
+    return projector(x.to(projector.weight.dtype)).float()

@@ -182,18 +182,45 @@ def build_config(side: Any, tokenizer: Any, role: str) -> Any:
     return config
 
 
+def on_gpu(accelerator: str | None) -> bool:
+    """Whether ``strategy.accelerator`` runs on a CUDA GPU (``auto``: when one is visible)."""
+    name = str(accelerator or "auto").lower()
+    if name in ("gpu", "cuda"):
+        return True
+    return name == "auto" and torch.cuda.is_available()
+
+
+def resolve_dtype(dtype: Any, *, frozen: bool, accelerator: str | None = "auto") -> torch.dtype:
+    """The weight dtype of a model: an explicit ``model.<role>.dtype`` as given; ``auto`` is bfloat16 for a
+    frozen model (the distillation teacher) on a GPU that supports it, float32 otherwise: on a CPU (bf16
+    matmuls are slow there and the tests compare float32 numbers) and for a model that trains (the
+    student, or the teacher in its own fine-tuning), whose float32 master weights ``strategy.precision``
+    casts for compute (``bf16-mixed`` autocasts, ``bf16-true`` casts the weights)."""
+    name = value(dtype)
+    if name != "auto":
+        return _DTYPES[name]
+    if frozen and on_gpu(accelerator) and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
 def load_model(
     side: Any,
     role: str,
     cache_root: str | None = None,
     weights_path: str | None = None,
     attn_implementation: str | None = None,
+    *,
+    frozen: bool | None = None,
+    accelerator: str | None = "auto",
 ) -> LoadedModel:
-    """Tokenizer + causal LM of one side. ``weights_path`` overrides ``side.path`` (a cached SFT teacher)."""
+    """Tokenizer + causal LM of one side. ``weights_path`` overrides ``side.path`` (a cached SFT teacher).
+    ``frozen`` (default: ``role == "teacher"``) and ``accelerator`` decide ``dtype: auto`` (:func:`resolve_dtype`)."""
     from transformers import AutoModelForCausalLM
 
     tokenizer = load_tokenizer(side.tokenizer or weights_path or side.path, role, cache_root)
-    dtype = _DTYPES[value(side.dtype)]
+    frozen = role == "teacher" if frozen is None else frozen
+    dtype = resolve_dtype(side.dtype, frozen=frozen, accelerator=accelerator)
     kwargs: dict[str, Any] = {"dtype": dtype}
     attn = attn_implementation or side.attn_implementation
     if attn:

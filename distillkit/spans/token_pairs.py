@@ -33,6 +33,7 @@ positions, which is what both alignments compute for two identical tokenizations
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -263,6 +264,14 @@ def _stats(name: str, examples: list[Example]) -> dict[str, Any]:
     }
 
 
+def _annotate_mined(
+    examples: list[Example], *, name: str, s_vocab: Any, t_vocab: Any, lut: Any
+) -> dict[str, Any]:
+    for ex in examples:
+        ex.pairs[name] = mined_pairs(ex.student, ex.teacher, s_vocab, t_vocab, lut)
+    return _stats(name, examples)
+
+
 def mined_pairs_annotator(
     student_tokenizer: Any,
     teacher_tokenizer: Any,
@@ -283,12 +292,16 @@ def mined_pairs_annotator(
             f"tea2stu has shape {lut.shape}; it must map every teacher id: ({len(t_vocab)},) for {t_vocab.name!r}"
         )
 
-    def annotate(examples: list[Example]) -> dict[str, Any]:
-        for ex in examples:
-            ex.pairs[name] = mined_pairs(ex.student, ex.teacher, s_vocab, t_vocab, lut)
-        return _stats(name, examples)
+    # a partial of a module-level function, not a closure: it pickles (ddp_spawn pickles the datamodule)
+    return functools.partial(_annotate_mined, name=name, s_vocab=s_vocab, t_vocab=t_vocab, lut=lut)
 
-    return annotate
+
+def _annotate_eta(
+    examples: list[Example], *, name: str, s_vocab: Any, t_vocab: Any, pair_eos: bool
+) -> dict[str, Any]:
+    for ex in examples:
+        ex.pairs[name] = eta_pairs(ex.student, ex.teacher, s_vocab, t_vocab, pair_eos, ex.text)
+    return _stats(name, examples)
 
 
 def eta_pairs_annotator(
@@ -301,9 +314,5 @@ def eta_pairs_annotator(
     """An annotator setting ``ex.pairs[name]`` to :func:`eta_pairs`; returns the stats."""
     s_vocab, t_vocab = vocab_of(student_tokenizer), vocab_of(teacher_tokenizer)
 
-    def annotate(examples: list[Example]) -> dict[str, Any]:
-        for ex in examples:
-            ex.pairs[name] = eta_pairs(ex.student, ex.teacher, s_vocab, t_vocab, pair_eos, ex.text)
-        return _stats(name, examples)
-
-    return annotate
+    # a partial of a module-level function, not a closure: it pickles (ddp_spawn pickles the datamodule)
+    return functools.partial(_annotate_eta, name=name, s_vocab=s_vocab, t_vocab=t_vocab, pair_eos=pair_eos)
