@@ -140,3 +140,49 @@ def test_ddp_spawn_on_two_processes_equals_one_process(method, tmp_path):
         assert not f["teacher_training"]
     state = torch.load(ddp_dir / "rec" / "end.ckpt", weights_only=False)["state_dict"]
     assert state and not any(k.startswith("teacher.") for k in state)
+
+
+def test_ddp_with_the_global_token_count_equals_one_process_on_unequal_rows(tmp_path):
+    """``method.token_normalization=global`` (DSKD's ``loss_denom``) removes the one difference left above:
+    on the synthetic rows, whose ranks hold different numbers of response tokens, the per-rank token sums
+    divided by the all-reduced global count give the one-process gradient exactly. The recorder reads the
+    first gradient before the module's rescale (callbacks run first): there the one-process gradient is
+    ``Σ∇ sums`` and DDP's ``Σ∇ sums / 2`` (DDP averages over the 2 ranks), hence the factor 2."""
+    base = SMALL + [
+        "callbacks=none",
+        "method=kd",
+        "method.token_normalization=global",
+        "trainer.max_steps=4",
+        "trainer.optim.warmup_steps=0",
+        "model.teacher_sft.enabled=false",
+    ]
+    one_dir, ddp_dir = tmp_path / "one", tmp_path / "ddp"
+    one = train(
+        compose_cfg(base + ["data.batch_size=8"] + record_steps(one_dir / "rec", checkpoint=False), one_dir),
+        one_dir,
+    )
+    ddp_cfg = compose_cfg(
+        base + ["strategy=ddp_spawn", "data.batch_size=4"] + record_steps(ddp_dir / "rec", checkpoint=False),
+        ddp_dir,
+    )
+    ddp = train(ddp_cfg, ddp_dir)
+    (single,) = _records(one_dir)
+    ranks = _records(ddp_dir)
+    unequal = 0
+    for k, step in enumerate(single["steps"]):
+        mine = [r["steps"][k] for r in ranks]
+        assert [s["index"] for s in mine] == [step["index"][r::2] for r in range(2)], k
+        unequal += mine[0]["tokens"] != mine[1]["tokens"]
+        if k == 0:  # same weights: the token sums of the two ranks add up to the one-process sum
+            both = sum(s["terms"]["loss"] for s in mine)
+            assert both == pytest.approx(step["terms"]["loss"], rel=1e-5)
+    assert unequal >= 1  # the case per-micro-batch means get wrong
+    g_one, g_ddp = torch.load(one_dir / "rec" / "grad0.pt"), torch.load(ddp_dir / "rec" / "grad0.pt")
+    rel = float((g_one - 2 * g_ddp).norm() / g_one.norm())
+    a, b = one["module"].student.state_dict(), ddp["module"].student.state_dict()
+    weights = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(
+        f"kd global: first-gradient rel diff {rel:.2e}, max |w diff| {weights:.2e}, unequal steps {unequal}"
+    )
+    assert rel < 1e-5, rel
+    assert weights < 1e-4, weights  # per-micro-batch means on these rows: 8.7e-3 (module docstring)

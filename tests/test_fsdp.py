@@ -132,7 +132,9 @@ def _probes(folder: Path) -> list[dict]:
     reports = [json.loads((folder / f"probe-rank{r}.json").read_text()) for r in range(2)]
     for r in reports:
         assert r["strategy"] == "FSDP2Strategy" and r["world_size"] == 2
-        assert r["trainable_not_dtensor"] == []  # every trainable parameter is sharded: its gradient is reduced
+        assert (
+            r["trainable_not_dtensor"] == []
+        )  # every trainable parameter is sharded: its gradient is reduced
         # the teacher: sharded, frozen, no gradient, outside the optimizer, unchanged
         assert r["teacher_params"] > 0 and r["teacher_dtensor"] == r["teacher_params"]
         assert r["teacher_requires_grad"] == 0 and r["teacher_grads"] == 0
