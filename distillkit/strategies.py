@@ -72,8 +72,48 @@ def is_sharded(cfg: Any) -> bool:
     return strategy_target(cfg) in (FSDP2_TARGET, FSDP1_TARGET)
 
 
+def _hydra_mode(cfg: Any) -> str | None:
+    """``RUN`` or ``MULTIRUN`` (from the composed ``hydra`` node, else Hydra's global config)."""
+    from omegaconf import OmegaConf
+
+    mode = OmegaConf.select(cfg, "hydra.mode", default=None) if OmegaConf.is_config(cfg) else None
+    if mode is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            mode = HydraConfig.get().get("mode")
+    return None if mode is None else str(getattr(mode, "name", mode))
+
+
+def validate_launch(cfg: Any) -> None:
+    """Refuse the known trap (Lightning #11300) before anything loads: a strategy whose other ranks Lightning
+    starts by re-running this command (``ddp``, ``fsdp``, ``fsdp1`` with more than one process) under a
+    Hydra multirun (``-m``) with no cluster environment making the processes, where every re-run would run
+    the whole sweep. SLURM tasks (the submitit launcher) and ``torchrun`` make their processes themselves."""
+    s = cfg.get("strategy")
+    if s is None or _hydra_mode(cfg) != "MULTIRUN":
+        return
+    name = strategy_target(cfg) or str(s.get("strategy"))
+    if name not in ("ddp", "fsdp", FSDP2_TARGET, FSDP1_TARGET):
+        return
+    devices, nodes = s.get("devices"), s.get("num_nodes") or 1
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices * int(nodes) <= 1:
+        return
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if SLURMEnvironment.detect() or TorchElasticEnvironment.detect():
+        return
+    raise ConfigError(
+        f"strategy={name} with strategy.devices={devices} under a Hydra multirun (-m): Lightning would start the "
+        "other ranks by re-running this command, and each re-run would run the whole sweep (Lightning #11300). "
+        "Valid ways: strategy=ddp_spawn (one node), the submitit launcher (hydra/launcher=slurm_example: one "
+        "SLURM task per GPU), torchrun, or the jobs one at a time without -m"
+    )
+
+
 def validate_strategy(cfg: Any) -> None:
     """The sharded strategies' settings, checked before anything loads (``distillkit.checks.validate``)."""
+    validate_launch(cfg)
     target = strategy_target(cfg)
     if target not in (FSDP2_TARGET, FSDP1_TARGET):
         return
@@ -350,7 +390,9 @@ def shard_distill_module(
         root_kw: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": False}
         if teacher_param_dtype == "bfloat16":
             block_kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16)
-            root_kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, output_dtype=torch.float32)
+            root_kw["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=torch.bfloat16, output_dtype=torch.float32
+            )
         if teacher_cpu_offload:
             if mesh.device_type == "cpu":
                 raise ConfigError(
@@ -389,11 +431,7 @@ def shard_distill_module(
     method = module.method
     if any(p.requires_grad for p in method.parameters()):
         fully_shard(method, mesh=mesh, reshard_after_forward=False)
-    loose = [
-        name
-        for name, p in module.named_parameters()
-        if p.requires_grad and not isinstance(p, DTensor)
-    ]
+    loose = [name for name, p in module.named_parameters() if p.requires_grad and not isinstance(p, DTensor)]
     if loose:  # a trainable parameter outside every unit would get no gradient reduction
         raise RuntimeError(f"strategy=fsdp: trainable parameters outside every fully_shard unit: {loose[:5]}")
     log.info(
@@ -427,7 +465,9 @@ def gather_full_model(model: Any, rank_zero: bool) -> Any:
         return None
     dtype = next(iter(state.values())).dtype if state else torch.float32
     config = model.config
-    plain = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=config._attn_implementation)
+    plain = AutoModelForCausalLM.from_config(
+        config, dtype=dtype, attn_implementation=config._attn_implementation
+    )
     result = plain.load_state_dict(_plain_keys(state), strict=False)
     missing = [k for k in result.missing_keys if k not in _tied_keys(plain)]
     if missing or result.unexpected_keys:

@@ -190,3 +190,32 @@ def test_under_slurm_the_trainer_takes_the_ranks_from_slurm_and_spawns_nothing(m
     assert launcher is None or launcher.cluster_environment.creates_processes_externally
     assert env.main_address == "gpu01"
 
+
+def _multirun(cfg):
+    from omegaconf import open_dict
+
+    with open_dict(cfg):
+        cfg.hydra.mode = "MULTIRUN"
+    return cfg
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_relaunching_strategy_under_a_local_multirun_is_refused_before_anything_loads(
+    strategy, monkeypatch
+):
+    """Lightning #11300: under `-m` without SLURM or torchrun, the re-run ranks would each run the sweep."""
+    from distillkit.checks import validate
+    from distillkit.errors import ConfigError
+
+    for key in [k for k in __import__("os").environ if k.startswith(("SLURM_", "TORCHELASTIC_"))]:
+        monkeypatch.delenv(key)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    cfg = _multirun(compose_cfg(SMALL + [f"strategy={strategy}", "strategy.accelerator=cpu"]))
+    with pytest.raises(ConfigError, match=r"#11300.*strategy=ddp_spawn.*hydra/launcher=slurm_example"):
+        validate(cfg)
+    validate(compose_cfg(SMALL + [f"strategy={strategy}", "strategy.accelerator=cpu"]))  # a single run: fine
+    validate(_multirun(compose_cfg(SMALL + ["strategy=ddp_spawn"])))  # spawned from the job: fine
+    validate(_multirun(compose_cfg(SMALL + [f"strategy={strategy}", "strategy.devices=1"])))  # one process
+    for key, value in SLURM_TASK.items():  # SLURM tasks (the submitit launcher) make the processes
+        monkeypatch.setenv(key, value)
+    validate(cfg)
