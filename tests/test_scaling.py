@@ -161,8 +161,21 @@ SLURM_TASK = {  # task 9 of a 2 nodes x 8 GPUs job: node 1, local rank 1
 }
 
 
+def _keep_rank_zero(monkeypatch) -> None:
+    """Building a trainer with a task's ranks sets Lightning's process-wide ``rank_zero_only.rank`` (to 9
+    here): restored after the test, or every later run in this process would log as a non-zero rank."""
+    import lightning.fabric.utilities.rank_zero as fabric_rank
+    import lightning.pytorch.utilities.rank_zero as pl_rank
+    from lightning_utilities.core import rank_zero as utils_rank
+
+    for module in (fabric_rank, pl_rank, utils_rank):
+        monkeypatch.setattr(module.rank_zero_only, "rank", getattr(module.rank_zero_only, "rank", 0))
+
+
 def test_under_slurm_the_trainer_takes_the_ranks_from_slurm_and_spawns_nothing(monkeypatch):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    _keep_rank_zero(monkeypatch)
 
     for key in [k for k in __import__("os").environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(key)
