@@ -60,3 +60,25 @@ def test_the_guard_catches_a_sync(monkeypatch):
     with no_host_reads(monkeypatch), pytest.raises(AssertionError, match="Tensor.__float__"):
         float(torch.ones(()))
     assert torch.ones(()).item() == 1.0  # restored afterwards
+
+
+def test_mined_loss_reads_nothing_back_once_its_map_was_checked(monkeypatch):
+    """MinED's id-range checks read the map and labels back; the objective checks its map once at setup
+    and calls the loss with ``validate=False``, which gives the same value with no explicit read."""
+    from distillkit.losses import mined_loss
+
+    g = torch.Generator().manual_seed(0)
+    s_logits = torch.randn(2, 6, 9, generator=g, requires_grad=True)
+    t_logits = torch.randn(2, 7, 11, generator=g)
+    labels = torch.randint(0, 9, (2, 6), generator=g)
+    labels[:, :2] = -100
+    pos = torch.tensor([[2, 3, 4], [2, 4, 5]])
+    mask = torch.tensor([[True, True, False], [True, True, True]])
+    stu2tea = torch.tensor([0, 3, -1, 5, 10, 2, -1, 7, 1])
+    checked = mined_loss(s_logits, t_logits, labels, pos, pos, mask, stu2tea)
+    with no_host_reads(monkeypatch):
+        quiet = mined_loss(s_logits, t_logits, labels, pos, pos, mask, stu2tea, validate=False)
+        quiet.backward()
+    torch.testing.assert_close(quiet, checked)
+    with no_host_reads(monkeypatch), pytest.raises(AssertionError, match="Tensor.__int__|Tensor.item"):
+        mined_loss(s_logits, t_logits, labels, pos, pos, mask, stu2tea)  # the checks do read back

@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 
 from distillkit.losses import mined_loss
-from distillkit.methods.base import ObjectiveConfig
+from distillkit.methods.base import MethodSetupError, ObjectiveConfig
 from distillkit.methods.xtok_common import XTokObjective
 from distillkit.types import Needs
 
@@ -56,6 +56,12 @@ class MinED(XTokObjective):
 
     def setup(self, teacher, student) -> None:
         self.stu2tea = self._map(teacher.tokenizer, student.tokenizer).stu2tea()
+        # the id ranges checked once here, so the step need not read them back from the device
+        if self.stu2tea.numel() and int(self.stu2tea.max()) >= teacher.vocab_size:
+            raise MethodSetupError(
+                f"the MinED map points at teacher id {int(self.stu2tea.max())} but the teacher has "
+                f"{teacher.vocab_size} logits; rebuild the map (python -m distillkit.vocab)"
+            )
 
     def structural_weights(self) -> dict[str, float]:
         return {"mined": 1.0}
@@ -79,5 +85,6 @@ class MinED(XTokObjective):
                 self.stu2tea,
                 temperature=self.cfg.temperature,
                 reduction=self.reduction,
+                validate=False,
             )
         }
