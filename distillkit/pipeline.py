@@ -87,14 +87,16 @@ def _plain(node: Any) -> Any:
 
 
 def teacher_sft_strategy(cfg: DictConfig) -> DictConfig:
-    """The strategy of the teacher's own fine-tuning: the run's, except under the sharded strategies
-    (``strategy=fsdp``, ``fsdp1``), where the teacher is fine-tuned on one process of the same accelerator
-    and precision. Those strategies launch their other ranks by re-running the command, and each rank
-    would wait for the cache lock the first one holds while it trains the teacher; the cached teacher
-    is then what every rank loads."""
+    """The strategy of the teacher's own fine-tuning: the run's, except under the strategies whose ranks
+    are separate runs of the command (``strategy=ddp``: re-run by Lightning, or SLURM tasks / torchrun;
+    ``fsdp``, ``fsdp1``), where the teacher is fine-tuned on one process of the same accelerator and
+    precision. There every rank runs this stage itself, and the ranks would wait for the cache lock the
+    first one holds while it waits for them in its process group; with one process the others wait for
+    the lock and then load the cached teacher. ``ddp_spawn`` spawns its ranks inside ``fit``: it keeps
+    the run's strategy."""
     from distillkit.strategies import is_sharded
 
-    if not is_sharded(cfg):
+    if not (is_sharded(cfg) or str(cfg.strategy.get("strategy")) == "ddp"):
         return cfg.strategy
     s = cfg.strategy
     return OmegaConf.create(

@@ -79,6 +79,10 @@ def test_teacher_sft_runs_on_one_process_under_fsdp():
     tcfg = teacher_sft_config(fsdp)
     assert tcfg.strategy.devices == 1 and tcfg.strategy.strategy == "auto"
     assert sft_teacher_key(fsdp) == sft_teacher_key(compose_cfg(SMALL))
+    # plain ddp (ranks re-run by Lightning, or SLURM tasks) too; ddp_spawn spawns inside fit and keeps its 2
+    ddp = teacher_sft_config(compose_cfg(SMALL + ["strategy=ddp", "strategy.num_nodes=2"]))
+    assert (ddp.strategy.devices, ddp.strategy.num_nodes, ddp.strategy.strategy) == (1, 1, "auto")
+    assert teacher_sft_config(compose_cfg(SMALL + ["strategy=ddp_spawn"])).strategy.devices == 2
 
 
 # ----------------------------------------------------------------------------- slow: 2 CPU processes
