@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import peak_rss_mb, run_json_child  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
 DIVERGENCES = ("fkl", "srkl")
 
@@ -37,10 +37,6 @@ def rss_mb() -> float:
     """This process's resident set size now, in MiB (Linux ``/proc/self/statm``)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run_child(divergence: str, chunk: int | None, vocab: int, tokens: int, device: str) -> dict[str, Any]:
@@ -109,11 +105,7 @@ def spawn(divergence: str, chunk: int | None, args: argparse.Namespace) -> dict[
         str(chunk or 0),
     ]
     cmd += ["--vocab", str(args.vocab), "--tokens", str(args.tokens), "--device", args.device]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        return {"divergence": divergence, "chunk_size": chunk, "error": lines[-1] if lines else "failed"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_child(cmd, {"divergence": divergence, "chunk_size": chunk}, cwd=str(REPO))
 
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -174,7 +166,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     from distillkit.utils.io import atomic_write_json
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, result)
     return result
 

@@ -36,11 +36,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -53,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import make_batch, random_gpt2, time_fn  # noqa: E402
+from benchmarks.common import make_batch, peak_rss_mb, random_gpt2, run_json_child, time_fn  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 #: name -> what it is (the overrides are in :func:`method_overrides`); the first is the ratios' base
@@ -240,11 +237,6 @@ def build_module(method_name: str, shape: Shape, teacher, student):
     return module, optimizer
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
 def make_step(module, optimizer, batch):
     """One training step as Lightning runs it (no trainer): terms, weighted loss, backward, AdamW."""
     from torch.profiler import record_function
@@ -327,14 +319,7 @@ def spawn_child(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--shape", args.shape]
     cmd += ["--repeat", str(args.repeat), "--warmup", str(args.warmup)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO), env=os.environ.copy())
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        print(
-            f"!! benchmark child {name!r} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True
-        )
-        return {"child": name, "error": lines[-1] if lines else f"exit {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_child(cmd, {"child": name}, cwd=str(REPO))
 
 
 def summarize(children: dict[str, dict[str, Any]]) -> dict[str, Any]:

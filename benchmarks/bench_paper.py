@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from benchmarks.common import run_json_child  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 PAIR = "qwen-to-gpt2"
@@ -291,12 +292,7 @@ def spawn(method: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--steps", str(args.steps)]
     cmd += ["--warmup", str(args.warmup), "--batch", str(args.batch), "--seq-len", str(args.seq_len)]
     cmd += ["--sync-debug"] if args.sync_debug else []
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO))
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        print(proc.stderr[-3000:], file=sys.stderr)
-        return {"child": method, "error": lines[-1] if lines else f"exit {proc.returncode}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_json_child(cmd, {"child": method}, cwd=str(REPO))
 
 
 def summarize(records: list[dict[str, Any]], peak: float | None) -> dict[str, dict[str, Any]]:
@@ -388,7 +384,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     from distillkit.utils.io import atomic_write_json
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(args.out, result)
     return result
 

@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,6 +35,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+from benchmarks.common import peak_rss_mb, run_json_child  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 EAGER = [
@@ -114,10 +114,6 @@ def data_overrides(s: dict) -> list[str]:
     return [f"data.synthetic.n_train={s['rows']}", "data.synthetic.n_dev=8", "data.synthetic.n_test=4"]
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_child(name: str, shape: str, steps: int) -> dict:
     """Build the run of ``name`` without fitting, then time its step (``baseline``: build only)."""
     import tempfile
@@ -176,10 +172,7 @@ def spawn(name: str, args) -> dict:
 
     cmd = [sys.executable, __file__, "--child", name, "--shape", args.shape, "--steps", str(args.steps)]
     env = {**os.environ, "DISTILLKIT_CACHE": str(args.cache)} if args.cache else None
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-    if done.returncode != 0:
-        return {"child": name, "error": done.stderr.strip().splitlines()[-1] if done.stderr else "failed"}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_json_child(cmd, {"child": name}, cwd=str(REPO), env=env)
 
 
 def summarize(rounds: list[list[dict]]) -> dict:

@@ -86,3 +86,29 @@ def time_fn(fn: Callable[[], object], warmup: int = 1, repeat: int = 3) -> float
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size so far, in MiB (Linux reports KiB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_json_child(cmd: list[str], ident: dict, cwd: str, env: dict | None = None) -> dict:
+    """Run one benchmark child (a fresh interpreter) and parse the JSON line it prints last. A child that
+    fails becomes ``{**ident, "error": <its last stderr line>}`` (its row of the report says so), with the
+    tail of its stderr printed, rather than stopping the other measurements."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, env=env)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        print(
+            f"!! benchmark child {ident} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}",
+            file=sys.stderr,
+        )
+        return {**ident, "error": lines[-1] if lines else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -31,7 +31,9 @@ def validate(cfg: DictConfig) -> None:
     if stage not in ("distill", "teacher_sft"):
         raise ConfigError(f"stage={stage!r}; valid: distill, teacher_sft")
     resume = str(cfg.resume)
-    if resume not in ("auto", "never") and not (Path(resume).is_file() or (Path(resume) / "meta.pt").is_file()):
+    from distillkit.strategies import is_sharded_checkpoint, validate_strategy
+
+    if resume not in ("auto", "never") and not (Path(resume).is_file() or is_sharded_checkpoint(resume)):
         raise ConfigError(
             f"resume={resume!r} is neither auto, never, an existing checkpoint file nor a sharded checkpoint "
             "folder (strategy=fsdp: a folder with meta.pt)"
@@ -48,8 +50,6 @@ def validate(cfg: DictConfig) -> None:
                 f"layer_map=explicit needs {', '.join(f'layer_map.{k}=[...]' for k in missing)} "
                 "(hidden_states indices, 0 = embeddings); or use layer_map=reference, uniform or last"
             )
-    from distillkit.strategies import validate_strategy
-
     validate_strategy(cfg)  # the sharded strategies' options (block classes, devices, offload, dtypes)
     _validate_numbers(cfg)
     _validate_model_paths(cfg)

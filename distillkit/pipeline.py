@@ -27,6 +27,7 @@ from distillkit.methods.base import Method, MethodSetupError
 from distillkit.methods.sft import SFT
 from distillkit.models.pair import LoadedModel, export_student, load_model, load_tokenizer, same_vocabulary
 from distillkit.module import DistillModule
+from distillkit.strategies import SHARDED_METADATA, is_sharded_checkpoint
 from distillkit.utils.io import atomic_write_json, cache_dir, locked, sha256_file, stable_hash
 
 log = logging.getLogger("distillkit")
@@ -100,7 +101,13 @@ def teacher_sft_strategy(cfg: DictConfig) -> DictConfig:
         return cfg.strategy
     s = cfg.strategy
     return OmegaConf.create(
-        {"accelerator": s.accelerator, "devices": 1, "num_nodes": 1, "strategy": "auto", "precision": s.precision}
+        {
+            "accelerator": s.accelerator,
+            "devices": 1,
+            "num_nodes": 1,
+            "strategy": "auto",
+            "precision": s.precision,
+        }
     )
 
 
@@ -249,11 +256,6 @@ def build_trainer(
     return L.Trainer(**kwargs)
 
 
-def is_sharded_checkpoint(path: str | Path) -> bool:
-    """A Lightning distributed checkpoint: a folder of DCP shards with ``meta.pt`` (``strategy=fsdp``)."""
-    return Path(path).is_dir() and (Path(path) / "meta.pt").is_file()
-
-
 def resume_path(cfg: DictConfig, out_dir: Path) -> str | None:
     resume = str(cfg.resume)
     if resume == "never":
@@ -368,7 +370,7 @@ def checkpoint_record(ckpt_path: str | Path) -> dict[str, Any] | None:
     if ckpt_path.name == "last.ckpt" and beside.is_file():
         return json.loads(beside.read_text())
     if is_sharded_checkpoint(ckpt_path):  # the non-tensor state of a sharded checkpoint is in meta.pt
-        checkpoint = torch.load(str(ckpt_path / "meta.pt"), map_location="cpu", weights_only=False)
+        checkpoint = torch.load(str(ckpt_path / SHARDED_METADATA), map_location="cpu", weights_only=False)
     else:
         checkpoint = torch.load(str(ckpt_path), map_location="cpu", weights_only=False, mmap=True)
     return checkpoint.get("distillkit", {}).get("record")
@@ -448,7 +450,9 @@ def train(
         )
     # re-seed so the student's initialisation does not depend on whether the teacher was just trained
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    student = load_model(trainee_side, trainee_role, cfg.cache_dir, frozen=False, accelerator=cfg.strategy.accelerator)
+    student = load_model(
+        trainee_side, trainee_role, cfg.cache_dir, frozen=False, accelerator=cfg.strategy.accelerator
+    )
     method.setup(teacher, student)
     # attention is captured only for the layers the objectives name (distillkit.models.attention)
     enable_attention_capture(student, method.student_needs, trainee_side.attn_implementation)

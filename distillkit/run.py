@@ -70,14 +70,6 @@ def final_evaluation(
     )
 
 
-def restore_best(result: dict[str, Any]) -> str | None:
-    """Load the best checkpoint (by the checkpoint monitor) into the student before export/eval
-    (:func:`distillkit.pipeline.restore_best_weights`; every rank calls it under ``strategy=fsdp``)."""
-    from distillkit.pipeline import restore_best_weights
-
-    return restore_best_weights(result["trainer"], result["module"])
-
-
 def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
@@ -89,7 +81,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     quiet_logging()  # one console line per event (imports Lightning)
     from distillkit.callbacks.ablation_logging import log_evaluation
     from distillkit.models.pair import export_student
-    from distillkit.pipeline import provenance, train, trained_student
+    from distillkit.pipeline import provenance, restore_best_weights, train, trained_student
 
     out_dir = (
         Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.output_dir)
@@ -100,7 +92,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     results: dict[str, Any] = {}
     # every rank: under strategy=fsdp both are collectives (a sharded load, a full-weight gather); the
     # student to export and evaluate is then a plain copy on rank 0
-    best = restore_best(result)
+    best = restore_best_weights(trainer, module)
     student = trained_student(trainer, module)
     if trainer.is_global_zero:
         exported = None

@@ -58,6 +58,31 @@ def _block_names(block_classes: Any) -> frozenset[str]:
     return names
 
 
+def _check_teacher_param_dtype(dtype: Any) -> str | None:
+    if dtype is not None and str(dtype) not in TEACHER_PARAM_DTYPES:
+        raise ConfigError(
+            f"strategy.strategy.teacher_param_dtype={dtype!r}; valid: null, {', '.join(TEACHER_PARAM_DTYPES)}"
+        )
+    return str(dtype) if dtype else None
+
+
+def _check_offload(offload: bool, device_type: str) -> None:
+    if offload and device_type == "cpu":
+        raise ConfigError(
+            "strategy.strategy.teacher_cpu_offload=true with strategy.accelerator=cpu: the teacher already lives "
+            "in host memory, and FSDP2's CPUOffloadPolicy needs an accelerator; set it to false on the CPU"
+        )
+
+
+#: the file that marks a Lightning distributed (sharded) checkpoint folder
+SHARDED_METADATA = "meta.pt"
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """A Lightning distributed checkpoint: a folder of DCP shards with ``meta.pt`` (``strategy=fsdp``)."""
+    return Path(path).is_dir() and (Path(path) / SHARDED_METADATA).is_file()
+
+
 # ----------------------------------------------------------------------------- config checks
 def strategy_target(cfg: Any) -> str | None:
     """The ``_target_`` of ``cfg.strategy.strategy`` when it is a node, else ``None`` (a plain name)."""
@@ -134,16 +159,8 @@ def validate_strategy(cfg: Any) -> None:
         )
     if target != FSDP2_TARGET:
         return
-    dtype = node.get("teacher_param_dtype")
-    if dtype is not None and str(dtype) not in TEACHER_PARAM_DTYPES:
-        raise ConfigError(
-            f"strategy.strategy.teacher_param_dtype={dtype!r}; valid: null, {', '.join(TEACHER_PARAM_DTYPES)}"
-        )
-    if bool(node.get("teacher_cpu_offload")) and str(s.get("accelerator")) == "cpu":
-        raise ConfigError(
-            "strategy.strategy.teacher_cpu_offload=true with strategy.accelerator=cpu: the teacher already lives "
-            "in host memory, and FSDP2's CPUOffloadPolicy needs an accelerator; set it to false on the CPU"
-        )
+    _check_teacher_param_dtype(node.get("teacher_param_dtype"))
+    _check_offload(bool(node.get("teacher_cpu_offload")), str(s.get("accelerator")))
     for key in ("activation_checkpointing", "teacher_cpu_offload", "save_distributed_checkpoint"):
         got = node.get(key)
         if got is not None and not isinstance(got, bool):
@@ -185,8 +202,6 @@ def fsdp(
 
 def _make_strategy_class() -> type:
     import torch
-    from lightning.fabric.strategies.model_parallel import _is_sharded_checkpoint
-    from lightning.fabric.utilities.load import _METADATA_FILENAME
     from lightning.pytorch.strategies import ModelParallelStrategy
 
     class FSDP2Strategy(ModelParallelStrategy):
@@ -223,12 +238,7 @@ def _make_strategy_class() -> type:
             self.block_names = _block_names(block_classes)
             self.activation_checkpointing = bool(activation_checkpointing)
             self.teacher_cpu_offload = bool(teacher_cpu_offload)
-            if teacher_param_dtype is not None and str(teacher_param_dtype) not in TEACHER_PARAM_DTYPES:
-                raise ConfigError(
-                    f"strategy.strategy.teacher_param_dtype={teacher_param_dtype!r}; valid: null, "
-                    f"{', '.join(TEACHER_PARAM_DTYPES)}"
-                )
-            self.teacher_param_dtype = str(teacher_param_dtype) if teacher_param_dtype else None
+            self.teacher_param_dtype = _check_teacher_param_dtype(teacher_param_dtype)
 
         # -- the mesh ---------------------------------------------------------------------------
         def setup_environment(self) -> None:
@@ -269,10 +279,10 @@ def _make_strategy_class() -> type:
         # -- checkpoints --------------------------------------------------------------------------
         def load_checkpoint(self, checkpoint_path: Any, weights_only: bool | None = None) -> dict[str, Any]:
             path = Path(self.broadcast(checkpoint_path))
-            if not _is_sharded_checkpoint(path):
+            if not is_sharded_checkpoint(path):
                 return super().load_checkpoint(path, weights_only=weights_only)
             load_sharded_state(self.model, self.optimizers, path)
-            return torch.load(path / _METADATA_FILENAME, weights_only=weights_only)
+            return torch.load(path / SHARDED_METADATA, weights_only=weights_only)
 
         def load_weights(self, checkpoint_path: str | Path) -> None:
             """The model weights of a sharded checkpoint (e.g. the best one, before export), no optimizer.
@@ -394,11 +404,7 @@ def shard_distill_module(
                 param_dtype=torch.bfloat16, output_dtype=torch.float32
             )
         if teacher_cpu_offload:
-            if mesh.device_type == "cpu":
-                raise ConfigError(
-                    "strategy.strategy.teacher_cpu_offload=true on a CPU mesh: the teacher already lives in host "
-                    "memory, and FSDP2's CPUOffloadPolicy needs an accelerator; set it to false"
-                )
+            _check_offload(True, mesh.device_type)
             block_kw["offload_policy"] = root_kw["offload_policy"] = CPUOffloadPolicy()
             module._offloaded_children = ("teacher",)
         blocks = _blocks(teacher, block_names)
@@ -483,7 +489,5 @@ def _plain_keys(state: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _tied_keys(model: Any) -> set[str]:
-    tied = getattr(model, "_tied_weights_keys", None) or ()
-    if isinstance(tied, dict):
-        return set(tied)
-    return set(tied)
+    """The parameter names a model ties to others (a dict or a list, by transformers version)."""
+    return set(getattr(model, "_tied_weights_keys", None) or ())

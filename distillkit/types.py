@@ -8,6 +8,7 @@ in its :class:`Needs`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -27,8 +28,24 @@ class CharSpan:
     kind: str
 
 
+class _Tensors:
+    """``to`` and ``pin_memory`` of a batch part, from its ``map_tensors(fn)`` (a copy with ``fn`` applied
+    to every tensor; a tensor shared by the two sides stays shared)."""
+
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> Any:
+        raise NotImplementedError
+
+    def to(self, device: torch.device | str) -> Any:
+        return self.map_tensors(lambda t: t.to(device, non_blocking=True))
+
+    def pin_memory(self) -> Any:
+        """Page-locked host copies, so :meth:`to` copies asynchronously (torch's pinning thread calls this
+        when the loader has ``pin_memory=True``; a dataclass without it would be left unpinned)."""
+        return self.map_tensors(Tensor.pin_memory)
+
+
 @dataclass
-class SpanMembership:
+class SpanMembership(_Tensors):
     """Which tokens belong to which span, flattened for one segment op per layer.
 
     ``token_index[p]`` is the flat index ``b * L + t`` of a token in the ``(B, L)`` grid and
@@ -46,25 +63,17 @@ class SpanMembership:
     def num_spans(self) -> int:
         return int(self.span_mask.shape[1])
 
-    def to(self, device: torch.device | str) -> SpanMembership:
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> SpanMembership:
         return replace(
             self,
-            token_index=self.token_index.to(device, non_blocking=True),
-            span_index=self.span_index.to(device, non_blocking=True),
-            span_mask=self.span_mask.to(device, non_blocking=True),
-        )
-
-    def pin_memory(self) -> SpanMembership:
-        return replace(
-            self,
-            token_index=self.token_index.pin_memory(),
-            span_index=self.span_index.pin_memory(),
-            span_mask=self.span_mask.pin_memory(),
+            token_index=fn(self.token_index),
+            span_index=fn(self.span_index),
+            span_mask=fn(self.span_mask),
         )
 
 
 @dataclass
-class SpanGrid:
+class SpanGrid(_Tensors):
     """One grid of spans seen by both models: span ``s`` of sample ``b`` covers the same characters on
     both sides, each side listing its own tokens (MTA's word/phrase units, SRA's co-segmentation).
     With one shared tokenizer ``student is teacher``."""
@@ -79,17 +88,13 @@ class SpanGrid:
             return self.student.span_mask
         return self.student.span_mask & self.teacher.span_mask
 
-    def to(self, device: torch.device | str) -> SpanGrid:
-        s = self.student.to(device)
-        return SpanGrid(s, s if self.teacher is self.student else self.teacher.to(device))
-
-    def pin_memory(self) -> SpanGrid:
-        s = self.student.pin_memory()
-        return SpanGrid(s, s if self.teacher is self.student else self.teacher.pin_memory())
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> SpanGrid:
+        s = self.student.map_tensors(fn)
+        return SpanGrid(s, s if self.teacher is self.student else self.teacher.map_tensors(fn))
 
 
 @dataclass
-class TokenPairs:
+class TokenPairs(_Tensors):
     """1:1 token pairs between the two tokenizations (ETA, MinED): pair ``p`` of sample ``b`` joins the
     student position ``student_pos[b, p]`` and the teacher position ``teacher_pos[b, p]``; ``mask`` marks
     real pairs (``P`` is the largest pair count of the batch, padded pairs point at position 0)."""
@@ -98,17 +103,12 @@ class TokenPairs:
     teacher_pos: Tensor  # (B, P) long
     mask: Tensor  # (B, P) bool
 
-    def to(self, device: torch.device | str) -> TokenPairs:
-        return TokenPairs(
-            *(t.to(device, non_blocking=True) for t in (self.student_pos, self.teacher_pos, self.mask))
-        )
-
-    def pin_memory(self) -> TokenPairs:
-        return TokenPairs(*(t.pin_memory() for t in (self.student_pos, self.teacher_pos, self.mask)))
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> TokenPairs:
+        return TokenPairs(fn(self.student_pos), fn(self.teacher_pos), fn(self.mask))
 
 
 @dataclass
-class SideBatch:
+class SideBatch(_Tensors):
     """One model's view of a batch (its own tokenizer).
 
     ``labels`` are the next-token targets already aligned with ``input_ids`` (``-100`` where no
@@ -126,16 +126,12 @@ class SideBatch:
     def loss_mask(self) -> Tensor:
         return self.labels.ne(-100)
 
-    def to(self, device: torch.device | str) -> SideBatch:
-        return SideBatch(*(getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)))
-
-    def pin_memory(self) -> SideBatch:
-        """Page-locked host copies (the loader's ``pin_memory=True`` calls this on GPUs)."""
-        return SideBatch(*(getattr(self, f.name).pin_memory() for f in fields(self)))
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> SideBatch:
+        return SideBatch(*(fn(getattr(self, f.name)) for f in fields(self)))
 
 
 @dataclass
-class Batch:
+class Batch(_Tensors):
     """A collated batch: both views of the same texts, and the alignments data preparation built.
 
     ``grids[name]``: span grids shared by both sides (:class:`SpanGrid`); ``pairs[name]``: 1:1 token
@@ -158,29 +154,15 @@ class Batch:
     def size(self) -> int:
         return int(self.student.input_ids.shape[0])
 
-    def to(self, device: torch.device | str) -> Batch:
-        student = self.student.to(device)
+    def map_tensors(self, fn: Callable[[Tensor], Tensor]) -> Batch:
+        student = self.student.map_tensors(fn)
         return replace(
             self,
             student=student,
-            teacher=student if self.teacher is self.student else self.teacher.to(device),
-            index=self.index.to(device),
-            grids={k: v.to(device) for k, v in self.grids.items()},
-            pairs={k: v.to(device) for k, v in self.pairs.items()},
-        )
-
-    def pin_memory(self) -> Batch:
-        """Every tensor in page-locked memory, so :meth:`to` copies asynchronously (torch's pinning
-        thread calls this when the loader has ``pin_memory=True``; a dataclass without it is left
-        unpinned)."""
-        student = self.student.pin_memory()
-        return replace(
-            self,
-            student=student,
-            teacher=student if self.teacher is self.student else self.teacher.pin_memory(),
-            index=self.index.pin_memory(),
-            grids={k: v.pin_memory() for k, v in self.grids.items()},
-            pairs={k: v.pin_memory() for k, v in self.pairs.items()},
+            teacher=student if self.teacher is self.student else self.teacher.map_tensors(fn),
+            index=fn(self.index),
+            grids={k: v.map_tensors(fn) for k, v in self.grids.items()},
+            pairs={k: v.map_tensors(fn) for k, v in self.pairs.items()},
         )
 
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distillkit.methods import build_method
 from distillkit.methods.base import Method, MethodSetupError
 from distillkit.methods.kd import KD
+from distillkit.pipeline import build_method
 from distillkit.types import Batch, ModelOutput, SideBatch
 from tests.helpers import compose_cfg
 
@@ -88,22 +88,15 @@ def test_chunk_size_key_reaches_the_divergence_and_the_ce(monkeypatch):
         return real(fn, tensors, flat_mask, chunk_size)
 
     monkeypatch.setattr(D, "_in_chunks", spy)
-    kd = build_method(_method_node(["method=kd", "method.chunk_size=5"]))
+    kd = build_method(compose_cfg(["method=kd", "method.chunk_size=5"]))
     assert kd.chunk_size == 5 and kd.base.divergence_params()["chunk_size"] == 5
     batch, s, t = _batch()
     _loss_and_grad(kd, batch, s.float(), t.float())
     assert seen == [5, 5]  # CE, then the divergence
-    mta = build_method(_method_node(["method=mta", "method.base.chunk_size=3"]))
+    mta = build_method(compose_cfg(["method=mta", "method.base.chunk_size=3"]))
     assert mta.chunk_size == 3
-    assert build_method(_method_node(["method=kd"])).chunk_size is None  # default: unchunked
-    assert build_method(_method_node(["method=sft"])).chunk_size is None
-
-
-def _method_node(overrides: list[str]) -> dict:
-    from omegaconf import OmegaConf
-
-    cfg = compose_cfg(overrides)
-    return OmegaConf.to_container(cfg.method, resolve=True)
+    assert build_method(compose_cfg(["method=kd"])).chunk_size is None  # default: unchunked
+    assert build_method(compose_cfg(["method=sft"])).chunk_size is None
 
 
 def test_non_positive_chunk_size_is_refused():

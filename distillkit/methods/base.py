@@ -299,15 +299,6 @@ class Method(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------- Hydra schemas
-@dataclass
-class _MethodFields:
-    name: str = "method"
-    kd_rate: float = 0.5
-    # multiplier of each named loss term (0 switches a term off: an ablation)
-    terms: dict[str, float] = field(default_factory=dict)
-    token_normalization: str = "micro_batch"  # micro_batch | global (DSKD's loss_denom)
-
-
 def method_schema(cls: type[Objective], name: str, kd_rate: float = 0.5) -> type:
     """The Hydra schema of ``method=<name>``: the objective's own knobs plus ``_target_``, ``name``,
     ``kd_rate``, ``terms``, and (auxiliary objectives) the ``base`` node chosen by ``method/base``."""
