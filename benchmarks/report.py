@@ -96,10 +96,21 @@ def methods_section(m: dict[str, Any]) -> list[str]:
     ]
     ratios, targets = m.get("ratios"), m.get("targets", {})
     if ratios:
+        paired = m.get("paired")
+        if ratios.get("mta_step_ratio_source") == "paired" and paired:
+            where = (
+                f"paired runs: kd and mta alternately in one process, {m.get('pairs')} ABBA pairs each; "
+                "per run " + ", ".join(_x(v, 3) for v in paired.get("run_medians", []))
+                + f"; from CPU time {_x(paired.get('cpu_ratio'), 3)}; fastest step / fastest step per run "
+                + ", ".join(_x(v, 3) for v in paired.get("min_ratios", []))
+                + "; separate processes per round "
+            )
+        else:
+            where = "per round "
         lines += [
             "",
             f"MTA / KD (the issue's targets): step {_x(ratios['mta_step_ratio'], 3)} "
-            f"(target <= {targets.get('mta_step_ratio_max')}x; per round "
+            f"(target <= {targets.get('mta_step_ratio_max')}x; {where}"
             + ", ".join(_x(v, 2) for v in ratios.get("mta_step_ratio_rounds", []))
             + f"), peak memory {_x(ratios['mta_memory_ratio'], 3)} (target <= {targets.get('mta_memory_ratio_max')}x).",
         ]

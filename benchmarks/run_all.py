@@ -59,7 +59,8 @@ def commands(quick: bool, scale: str = "cpu") -> dict[str, list[str]]:
     spans = [py, "benchmarks/bench_spans.py"] + (["--quick"] if quick else ["--repeat", "2"])
     methods = [py, "benchmarks/bench_methods.py"]
     methods += (
-        ["--shape", "tiny", "--repeat", "1", "--warmup", "0", "--rounds", "1"]
+        ["--shape", "tiny", "--repeat", "1", "--warmup", "0", "--rounds", "1", "--paired-runs", "1"]
+        + ["--pairs", "2"]
         if quick
         else ["--repeat", "2", "--rounds", "3"]
     )

@@ -57,7 +57,10 @@ def _fake_results(tmp: Path) -> None:
                     "mta_step_ratio": 1.04,
                     "mta_memory_ratio": 1.05,
                     "mta_step_ratio_rounds": [1.0, 1.04, 1.1],
+                    "mta_step_ratio_source": "paired",
                 },
+                "pairs": 10,
+                "paired": {"ratio": 1.04, "run_medians": [1.03, 1.04, 1.06], "cpu_ratio": 1.045, "min_ratios": [1.02]},
                 "targets": {"mta_step_ratio_max": 1.05, "mta_memory_ratio_max": 1.15},
             }
         )
@@ -117,6 +120,8 @@ def test_report_has_a_row_per_method_with_its_ratios(tmp_path):
     assert "| L-dskd | failed: RuntimeError: boom |" in md
     assert "| MINED | 1.07x | 1.07-1.07x | 1.10x | 900 | 3.0 / 0.5 |" in md
     assert "| fkl | 2000 | 800 | 0.40x | 1.30x |" in md
+    assert "step 1.040x (target <= 1.05x; paired runs" in md and "10 ABBA pairs each; per run 1.030x, 1.040x, 1.060x" in md
+    assert "from CPU time 1.045x; fastest step / fastest step per run 1.020x; separate processes per round 1.00x" in md
     assert "SeqKD" in md and "## spans: no results" in md and "Paper scale" not in md
     assert "CPUs" in md and "torch" in md
     raw = json.loads((tmp_path / "report.json").read_text())

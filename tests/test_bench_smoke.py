@@ -69,6 +69,27 @@ def test_tiny_children_and_summary():
     assert failed["sra"] == {"label": bm.METHODS["sra"], "error": "boom"}
 
 
+def test_paired_child_alternates_and_the_summary_pools_every_pair():
+    record = bm.run_paired("tiny", pairs=3, warmup=0)
+    assert record["methods"] == ["kd", "mta"] and len(record["ratios"]) == 3
+    for i, ratio in enumerate(record["ratios"]):  # each ratio is mta / kd of the same pair
+        assert ratio == pytest.approx(record["wall_s"]["mta"][i] / record["wall_s"]["kd"][i])
+    assert all(t > 0 for side in record["cpu_s"].values() for t in side)
+    assert record["min_ratio"] == pytest.approx(min(record["wall_s"]["mta"]) / min(record["wall_s"]["kd"]))
+    json.dumps(record)
+    runs = [
+        {"ratios": [1.0, 1.2, 1.1], "cpu_ratios": [1.0, 1.0, 1.0], "min_ratio": 1.02},
+        {"ratios": [0.9, 1.3], "cpu_ratios": [1.1, 1.1], "min_ratio": 1.04},
+        {"child": "paired", "error": "boom"},
+    ]
+    summary = bm.summarize_paired(runs)
+    assert summary["runs"] == 2 and summary["pairs_per_run"] == [3, 2]
+    assert summary["ratio"] == pytest.approx(1.1)  # the median of all five pairs, not of the run medians
+    assert summary["run_medians"] == pytest.approx([1.1, 1.1]) and summary["errors"] == ["boom"]
+    assert summary["min_ratios"] == [1.02, 1.04]
+    assert bm.summarize_paired([{"error": "boom"}]) is None
+
+
 def test_tiny_batch_memberships_match_the_generator():
     shape = bm.SHAPES["tiny"]
     batch, stats = bm.build_batch(shape, seed=3)
@@ -119,6 +140,9 @@ def test_parent_spawns_children_and_writes_json(tmp_path):
     _check_breakdown(result["children"]["mta"]["breakdown_s"])
     assert result["targets"] == bm.TARGETS
     assert result["ratios"]["mta_step_ratio"] > 0 and result["ratios"]["mta_memory_ratio"] > 0
+    assert result["ratios"]["mta_step_ratio_source"] == "paired"
+    assert result["ratios"]["mta_step_ratio"] == result["paired"]["ratio"]
+    assert len(result["paired_runs"]) == 3 and "paired runs" in proc.stdout
     assert "mta / kd" in proc.stdout
 
 
