@@ -308,3 +308,29 @@ def test_realistic_batch_gives_finite_values_and_gradients():
     loss.backward()
     assert math.isfinite(float(loss.detach())) and torch.isfinite(student.grad).all()
     assert torch.all(student.grad[~mask] == 0) and student.grad[mask].abs().sum() > 0
+
+
+def test_cosine_to_a_detached_teacher_equals_torch_cosine_similarity():
+    """The fast HRA/CoM cosine: F.cosine_similarity's value everywhere (zero rows included), its
+    gradient on every row whose norm is above eps; nothing flows into the teacher."""
+    import torch.nn.functional as F
+
+    from distillkit.losses.span import _cosine_to_teacher
+
+    gen = torch.Generator().manual_seed(7)
+    student = torch.randn(3, 5, 6, generator=gen, dtype=torch.float64)
+    teacher = torch.randn(3, 5, 6, generator=gen, dtype=torch.float64) * 4
+    student[0, 1] = 0.0
+    teacher[1, 2] = 0.0
+    teacher.requires_grad_(True)
+    ours_in = student.clone().requires_grad_(True)
+    torch_in = student.clone().requires_grad_(True)
+    ours = _cosine_to_teacher(ours_in, teacher.detach(), 1e-8)
+    want = F.cosine_similarity(torch_in, teacher.detach(), dim=-1, eps=1e-8)
+    torch.testing.assert_close(ours, want, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    (ours * upstream).sum().backward()
+    (want * upstream).sum().backward()
+    nonzero = student.norm(dim=-1) > 1e-8
+    torch.testing.assert_close(ours_in.grad[nonzero], torch_in.grad[nonzero], rtol=1e-10, atol=1e-12)
+    assert teacher.grad is None

@@ -163,6 +163,21 @@ def test_self_similarity_weights_match_formula(left):
     assert torch.all(w[mask == 0] == 0)
 
 
+def test_self_similarity_weights_over_all_query_rows_give_nothing_to_a_lone_token():
+    """query_rows="all": the row of a sample's only real token has no key but itself (the reference's
+    softmax of all -inf is NaN there) and counts 0; the 5 padding rows each put all their mass on that
+    token, so it gets 5/6. Padding columns get 0 and the rows of a longer sample all count."""
+    gen = torch.Generator().manual_seed(5)
+    hidden = torch.randn(2, 6, 8, generator=gen, dtype=torch.float64)
+    mask = make_mask([1, 4], 6)
+    w = self_similarity_weights(hidden, mask, "all")
+    torch.testing.assert_close(w[0, 0], torch.tensor(5 / 6), rtol=1e-6, atol=1e-7)
+    assert torch.all(w[0, 1:] == 0) and torch.all(w[1, 4:] == 0)
+    # sample 1: every one of the 6 query rows has a real key, so the 4 real columns sum to 6/6
+    torch.testing.assert_close(w[1].sum(), torch.tensor(1.0), rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(w).all()
+
+
 def test_self_similarity_weights_ignore_what_sits_in_padding():
     gen = torch.Generator().manual_seed(2)
     hidden = torch.randn(1, 7, 8, generator=gen)
