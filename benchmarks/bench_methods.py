@@ -35,7 +35,10 @@ steps taken seconds apart, so drift of a shared or throttled machine (it swings 
 processes on a 2-core VM) cancels within the pair. A run's ratio is the median of its pairs; the
 target's value is the median over all pairs of all runs, reported with each run's median (their
 spread), and each run's ratio of the two methods' fastest steps (the estimate least touched by
-bursts of a shared machine). The per-process rounds still give every method's row and the memory ratios.
+bursts of a shared machine). Each paired run also counts both steps' matmul FLOPs (forward and
+backward, :func:`benchmarks.common.count_flops`): their ratio is the same on every machine and is the
+step ratio's floor where matmuls dominate the step. The per-process rounds still give every method's
+row and the memory ratios.
 Student-generated data is off. The MTA child also reports where its step goes (model forwards, MTA's
 stages, backward, optimizer) from ``torch.profiler`` labels. Prints a table and writes
 ``benchmarks/results/methods.json`` (or ``--out``). Never compare absolute times across machines.
@@ -59,7 +62,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import make_batch, peak_rss_mb, random_gpt2, run_json_child, time_fn  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    count_flops,
+    make_batch,
+    peak_rss_mb,
+    random_gpt2,
+    run_json_child,
+    time_fn,
+)
 
 RESULTS = REPO / "benchmarks" / "results"
 #: name -> what it is (the overrides are in :func:`method_overrides`); the first is the ratios' base
@@ -311,6 +321,7 @@ def run_paired(shape_name: str, pairs: int, warmup: int, methods: tuple[str, str
             wall[name].append(time.perf_counter() - w0)
             cpu[name].append(time.process_time() - c0)
     ratios = [y / x for x, y in zip(wall[a], wall[b])]
+    flops = {name: count_flops(steps[name]) for name in methods}  # one more step each, after the timing
     return {
         "child": "paired",
         "shape": shape_name,
@@ -323,6 +334,8 @@ def run_paired(shape_name: str, pairs: int, warmup: int, methods: tuple[str, str
         "ratio": statistics.median(ratios),
         # the fastest step of each: the estimate least touched by bursts of a shared machine (timeit's rule)
         "min_ratio": min(wall[b]) / min(wall[a]),
+        "flops": flops,
+        "flop_ratio": flops[b] / flops[a],
     }
 
 
@@ -342,6 +355,8 @@ def summarize_paired(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
         "spread": [min(medians), max(medians)],
         "cpu_ratio": statistics.median([x for r in ok for x in r["cpu_ratios"]]),
         "min_ratios": [r["min_ratio"] for r in ok if "min_ratio" in r],
+        # the same in every run (the same batch and models): the step ratio's floor at equal efficiency
+        "flop_ratio": next((r["flop_ratio"] for r in ok if "flop_ratio" in r), None),
         "errors": [r["error"] for r in runs if "error" in r],
     }
 
@@ -487,6 +502,11 @@ def print_table(result: dict[str, Any]) -> None:
             + ", ".join(f"{x:.3f}x" for x in paired["run_medians"])
             + f"; from CPU time {paired['cpu_ratio']:.3f}x; fastest step / fastest step per run "
             + ", ".join(f"{x:.3f}x" for x in paired["min_ratios"])
+            + (
+                f"; matmul FLOPs {paired['flop_ratio']:.3f}x (forward + backward, torch.utils.flop_counter)"
+                if paired.get("flop_ratio")
+                else ""
+            )
         )
     parts = (result.get("children") or {}).get("mta", {}).get("breakdown_s")
     if not parts:

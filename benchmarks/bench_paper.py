@@ -1,7 +1,8 @@
 """``BENCH_SCALE=paper``: the qwen-to-gpt2 pair at its real size, random init, bf16, on one GPU; MFU.
 
     python benchmarks/bench_paper.py [--methods sft kd mta sra] [--steps 10] [--batch 8] [--seq-len 512]
-                                     [--peak-tflops X] [--sync-debug] [--dry-run] [--out PATH]
+                                     [--peak-tflops X] [--sync-debug] [--count-flops] [--dry-run]
+                                     [--out PATH]
 
 The architectures come from ``conf/model/qwen-to-gpt2.yaml`` (``arch`` + ``arch_config``: Qwen1.5-1.8B,
 24 layers d=2048, vocabulary 151936; GPT-2 124M, 12 layers d=768, vocabulary 50257) built with
@@ -25,7 +26,9 @@ Attention's own FLOP (``L·d`` per token per layer) and the methods' extra work 
 MFU here is a lower bound of the hardware's use. Peak: :data:`PEAK_TFLOPS` by
 ``torch.cuda.get_device_name``, else ``--peak-tflops``. ``--dry-run`` (any machine) builds the models on
 the ``meta`` device and prints the parameter counts and FLOP per token without allocating anything; on a
-machine without a GPU the benchmark refuses to run otherwise. Writes ``benchmarks/results/paper.json``.
+machine without a GPU the benchmark refuses to run otherwise. ``--count-flops`` adds one step per method
+under :func:`benchmarks.common.count_flops` (the matmul FLOPs actually run, forward + backward, the
+methods' own work included) and each method's count over KD's. Writes ``benchmarks/results/paper.json``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import run_json_child  # noqa: E402
+from benchmarks.common import count_flops, run_json_child  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results"
 PAIR = "qwen-to-gpt2"
@@ -271,6 +274,8 @@ def run_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
     }
+    if getattr(args, "count_flops", False):  # one more step, under the FLOP counter (slower: dispatch)
+        record["counted_flop_per_token"] = count_flops(step) / batch.num_tokens
     if args.sync_debug and cuda:
         import warnings
 
@@ -292,6 +297,7 @@ def spawn(method: str, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", method, "--steps", str(args.steps)]
     cmd += ["--warmup", str(args.warmup), "--batch", str(args.batch), "--seq-len", str(args.seq_len)]
     cmd += ["--sync-debug"] if args.sync_debug else []
+    cmd += ["--count-flops"] if args.count_flops else []
     return run_json_child(cmd, {"child": method}, cwd=str(REPO))
 
 
@@ -312,7 +318,12 @@ def summarize(records: list[dict[str, Any]], peak: float | None) -> dict[str, di
             "flop_per_token": r["flop_per_token"],
             "one_vocabulary": r["one_vocabulary"],
             **({"sync_warnings": r["sync_warnings"]} if "sync_warnings" in r else {}),
+            **({"counted_flop_per_token": r["counted_flop_per_token"]} if "counted_flop_per_token" in r else {}),
         }
+    kd = out.get("kd", {}).get("counted_flop_per_token")
+    for r in out.values():  # each method's counted work over KD's (MTA's target is a ratio to its base)
+        if kd and "counted_flop_per_token" in r:
+            r["counted_flops_vs_kd"] = r["counted_flop_per_token"] / kd
     return out
 
 
@@ -326,6 +337,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cli.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak (default: by its name)")
     cli.add_argument(
         "--sync-debug", action="store_true", help="count host syncs of one step (sync debug mode)"
+    )
+    cli.add_argument(
+        "--count-flops",
+        action="store_true",
+        help="count one more step's matmul FLOPs per method (benchmarks.common.count_flops)",
     )
     cli.add_argument(
         "--dry-run", action="store_true", help="parameter counts and FLOP/token only (meta device)"
@@ -381,6 +397,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"  {m:<5} step {r['step_s'] * 1e3:7.1f} ms  {r['tokens_per_s']:9.0f} tok/s  "
             f"{r['achieved_tflops']:6.1f} TFLOP/s  MFU {mfu}  peak {r['peak_memory_gib']:.1f} GiB"
+            + (
+                f"  counted {r['counted_flop_per_token'] / 1e9:.2f} GFLOP/token"
+                + (f" ({r['counted_flops_vs_kd']:.3f}x kd)" if "counted_flops_vs_kd" in r else "")
+                if "counted_flop_per_token" in r
+                else ""
+            )
         )
     from distillkit.utils.io import atomic_write_json
 

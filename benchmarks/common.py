@@ -112,3 +112,64 @@ def run_json_child(cmd: list[str], ident: dict, cwd: str, env: dict | None = Non
         )
         return {**ident, "error": lines[-1] if lines else f"exit {proc.returncode}"}
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _matmul_flops(a: torch.Tensor, b: torch.Tensor) -> int:
+    """2·m·k·n for ``a (m, k) @ b (k, n)``; 2·nnz·(other side's free dim) when one side is sparse."""
+    if a.is_sparse:
+        return 2 * a._nnz() * b.shape[1]
+    if b.is_sparse:
+        return 2 * b._nnz() * a.shape[0]
+    return 2 * a.shape[0] * a.shape[1] * b.shape[1]
+
+
+def _mm_flops(a, b, *args, out_val=None, **kwargs) -> int:
+    return _matmul_flops(a, b)
+
+
+def _addmm_flops(bias, a, b, *args, out_val=None, **kwargs) -> int:
+    return _matmul_flops(a, b)
+
+
+def _sdpa_cpu_flops(q, k, v, *args, out_val=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(q.shape, k.shape, v.shape)
+
+
+def _sdpa_cpu_backward_flops(grad_out, q, k, v, *args, out_val=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out.shape, q.shape, k.shape, v.shape)
+
+
+# FlopCounterMode passes these the tensors themselves, not their shapes
+for _formula in (_mm_flops, _addmm_flops, _sdpa_cpu_flops, _sdpa_cpu_backward_flops):
+    _formula._get_raw = True
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """The matmul-class FLOPs of one call of ``fn`` (``torch.utils.flop_counter``: mm, addmm, bmm,
+    baddbmm, attention), counting forward and backward: a machine-independent measure of work.
+
+    Two corrections to torch's table: a sparse operand (the CPU span pooling's ``(B·S, B·L)`` matrix)
+    is counted by its non-zeros, not as dense, forward (``_sparse_addmm``, absent from the table) and
+    backward (an ``mm``); the CPU SDPA kernels
+    (``_scaled_dot_product_flash_attention_for_cpu`` and its backward), absent from the table, are
+    counted with the GPU kernels' formulas. Elementwise work (softmax, norms, the divergences) is not
+    counted, so a ratio of two counts is the ratio of the step times only where matmuls dominate.
+    """
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+    mapping = {
+        aten.mm: _mm_flops,
+        aten.addmm: _addmm_flops,
+        aten._sparse_addmm: _addmm_flops,  # torch.sparse.mm's forward
+        aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops,
+    }
+    counter = fc.FlopCounterMode(display=False, custom_mapping=mapping)
+    with counter:
+        fn()
+    return int(counter.get_total_flops())

@@ -50,7 +50,7 @@ PY="$VENV/bin/python"
 if [ "${STATUS[install]}" = ok ]; then
   # -- 1. paper scale: 4 methods, 2 warm-up + STEPS timed steps each, one child process each ---------
   part paper 150 "$PY" benchmarks/bench_paper.py --methods sft kd mta sra --steps "$STEPS" --warmup 2 \
-    --sync-debug --out "$OUT/paper.json"
+    --sync-debug --count-flops --out "$OUT/paper.json"
   # -- 2. method.chunk_size on the GPU: 4096 positions at V=151936, chunks of 512 --------------------
   part chunk 60 "$PY" benchmarks/bench_chunk.py --device cuda --tokens 4096 --chunk 512 --out "$OUT/chunk.json"
   # -- 3. FSDP2 smoke on the one GPU, the tiny pair on synthetic data ----------------------------------

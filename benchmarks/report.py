@@ -114,6 +114,13 @@ def methods_section(m: dict[str, Any]) -> list[str]:
             + ", ".join(_x(v, 2) for v in ratios.get("mta_step_ratio_rounds", []))
             + f"), peak memory {_x(ratios['mta_memory_ratio'], 3)} (target <= {targets.get('mta_memory_ratio_max')}x).",
         ]
+        if paired and paired.get("flop_ratio"):
+            lines += [
+                "",
+                f"MTA / KD matmul FLOPs per step (forward + backward, `torch.utils.flop_counter`, the same on "
+                f"every machine): {_x(paired['flop_ratio'], 3)}; the step ratio's floor where matmuls dominate "
+                "the step and both methods run them equally well.",
+            ]
     return lines
 
 

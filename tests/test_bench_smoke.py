@@ -76,9 +76,15 @@ def test_paired_child_alternates_and_the_summary_pools_every_pair():
         assert ratio == pytest.approx(record["wall_s"]["mta"][i] / record["wall_s"]["kd"][i])
     assert all(t > 0 for side in record["cpu_s"].values() for t in side)
     assert record["min_ratio"] == pytest.approx(min(record["wall_s"]["mta"]) / min(record["wall_s"]["kd"]))
+    # MTA's extra work is at least its projectors' matmuls on every token, forward and backward
+    # (input and weight gradients): 3 x 2 x (B*L) x Ds x Dt per mapped pair
+    shape = bm.SHAPES["tiny"]
+    projectors = 3 * 2 * shape.batch * shape.seq_len * shape.student_dim * shape.teacher_dim
+    assert record["flops"]["mta"] - record["flops"]["kd"] >= len(shape.teacher_map) * projectors
+    assert record["flop_ratio"] == pytest.approx(record["flops"]["mta"] / record["flops"]["kd"])
     json.dumps(record)
     runs = [
-        {"ratios": [1.0, 1.2, 1.1], "cpu_ratios": [1.0, 1.0, 1.0], "min_ratio": 1.02},
+        {"ratios": [1.0, 1.2, 1.1], "cpu_ratios": [1.0, 1.0, 1.0], "min_ratio": 1.02, "flop_ratio": 1.05},
         {"ratios": [0.9, 1.3], "cpu_ratios": [1.1, 1.1], "min_ratio": 1.04},
         {"child": "paired", "error": "boom"},
     ]
@@ -86,7 +92,7 @@ def test_paired_child_alternates_and_the_summary_pools_every_pair():
     assert summary["runs"] == 2 and summary["pairs_per_run"] == [3, 2]
     assert summary["ratio"] == pytest.approx(1.1)  # the median of all five pairs, not of the run medians
     assert summary["run_medians"] == pytest.approx([1.1, 1.1]) and summary["errors"] == ["boom"]
-    assert summary["min_ratios"] == [1.02, 1.04]
+    assert summary["min_ratios"] == [1.02, 1.04] and summary["flop_ratio"] == 1.05
     assert bm.summarize_paired([{"error": "boom"}]) is None
 
 
