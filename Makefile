@@ -18,8 +18,9 @@ install:  ## create .venv, install the pinned CPU torch first, then distillkit w
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q -e ".[dev,optuna]"
 
-lint:  ## ruff over the package, tests and benchmarks
+lint:  ## ruff check and ruff format --check over the package, tests and benchmarks
 	$(VENV)/bin/ruff check distillkit tests benchmarks
+	$(VENV)/bin/ruff format --check distillkit tests benchmarks
 
 format:  ## ruff format + autofix
 	$(VENV)/bin/ruff format distillkit tests benchmarks

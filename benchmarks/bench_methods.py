@@ -296,7 +296,9 @@ def profile_breakdown(step, steps: int = 2) -> dict[str, float]:
     return out
 
 
-def run_paired(shape_name: str, pairs: int, warmup: int, methods: tuple[str, str] = ("kd", "mta")) -> dict[str, Any]:
+def run_paired(
+    shape_name: str, pairs: int, warmup: int, methods: tuple[str, str] = ("kd", "mta")
+) -> dict[str, Any]:
     """Time two methods' steps alternately in one process: ``pairs`` pairs in ABBA order after ``warmup``
     steps of each. Each method trains its own copy of the pair (the same seed) on the same batch.
 

@@ -318,7 +318,11 @@ def summarize(records: list[dict[str, Any]], peak: float | None) -> dict[str, di
             "flop_per_token": r["flop_per_token"],
             "one_vocabulary": r["one_vocabulary"],
             **({"sync_warnings": r["sync_warnings"]} if "sync_warnings" in r else {}),
-            **({"counted_flop_per_token": r["counted_flop_per_token"]} if "counted_flop_per_token" in r else {}),
+            **(
+                {"counted_flop_per_token": r["counted_flop_per_token"]}
+                if "counted_flop_per_token" in r
+                else {}
+            ),
         }
     kd = out.get("kd", {}).get("counted_flop_per_token")
     for r in out.values():  # each method's counted work over KD's (MTA's target is a ratio to its base)

@@ -100,7 +100,8 @@ def methods_section(m: dict[str, Any]) -> list[str]:
         if ratios.get("mta_step_ratio_source") == "paired" and paired:
             where = (
                 f"paired runs: kd and mta alternately in one process, {m.get('pairs')} ABBA pairs each; "
-                "per run " + ", ".join(_x(v, 3) for v in paired.get("run_medians", []))
+                "per run "
+                + ", ".join(_x(v, 3) for v in paired.get("run_medians", []))
                 + f"; from CPU time {_x(paired.get('cpu_ratio'), 3)}; fastest step / fastest step per run "
                 + ", ".join(_x(v, 3) for v in paired.get("min_ratios", []))
                 + "; separate processes per round "

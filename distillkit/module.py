@@ -188,7 +188,11 @@ class DistillModule(L.LightningModule):
         self._group_tokens = None
 
     def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
-        if self.teacher is not None and self._trainer is not None and hasattr(self.trainer.strategy, "shard_module"):
+        if (
+            self.teacher is not None
+            and self._trainer is not None
+            and hasattr(self.trainer.strategy, "shard_module")
+        ):
             from distillkit.strategies import reshard
 
             reshard(self.teacher)  # FSDP2: the teacher's root stays gathered from its forward until here

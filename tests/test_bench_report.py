@@ -60,7 +60,13 @@ def _fake_results(tmp: Path) -> None:
                     "mta_step_ratio_source": "paired",
                 },
                 "pairs": 10,
-                "paired": {"ratio": 1.04, "run_medians": [1.03, 1.04, 1.06], "cpu_ratio": 1.045, "min_ratios": [1.02], "flop_ratio": 1.048},
+                "paired": {
+                    "ratio": 1.04,
+                    "run_medians": [1.03, 1.04, 1.06],
+                    "cpu_ratio": 1.045,
+                    "min_ratios": [1.02],
+                    "flop_ratio": 1.048,
+                },
                 "targets": {"mta_step_ratio_max": 1.05, "mta_memory_ratio_max": 1.15},
             }
         )
@@ -121,8 +127,14 @@ def test_report_has_a_row_per_method_with_its_ratios(tmp_path):
     assert "| MINED | 1.07x | 1.07-1.07x | 1.10x | 900 | 3.0 / 0.5 |" in md
     assert "| fkl | 2000 | 800 | 0.40x | 1.30x |" in md
     assert "matmul FLOPs per step (forward + backward" in md and "the same on every machine): 1.048x" in md
-    assert "step 1.040x (target <= 1.05x; paired runs" in md and "10 ABBA pairs each; per run 1.030x, 1.040x, 1.060x" in md
-    assert "from CPU time 1.045x; fastest step / fastest step per run 1.020x; separate processes per round 1.00x" in md
+    assert (
+        "step 1.040x (target <= 1.05x; paired runs" in md
+        and "10 ABBA pairs each; per run 1.030x, 1.040x, 1.060x" in md
+    )
+    assert (
+        "from CPU time 1.045x; fastest step / fastest step per run 1.020x; separate processes per round 1.00x"
+        in md
+    )
     assert "SeqKD" in md and "## spans: no results" in md and "Paper scale" not in md
     assert "CPUs" in md and "torch" in md
     raw = json.loads((tmp_path / "report.json").read_text())
@@ -205,14 +217,22 @@ def test_paper_child_steps_on_the_cpu_when_shrunk():
 
 
 def test_paper_summary_puts_each_counted_flop_figure_over_kds():
-    base = {"tokens": 100, "step_s": 1.0, "flop_per_token": 10, "peak_memory_gib": 1.0, "one_vocabulary": True}
+    base = {
+        "tokens": 100,
+        "step_s": 1.0,
+        "flop_per_token": 10,
+        "peak_memory_gib": 1.0,
+        "one_vocabulary": True,
+    }
     records = [
         {**base, "child": "kd", "counted_flop_per_token": 200.0},
         {**base, "child": "mta", "counted_flop_per_token": 210.0},
         {**base, "child": "sft"},
     ]
     out = bp.summarize(records, peak=None)
-    assert out["mta"]["counted_flops_vs_kd"] == pytest.approx(1.05) and out["kd"]["counted_flops_vs_kd"] == 1.0
+    assert (
+        out["mta"]["counted_flops_vs_kd"] == pytest.approx(1.05) and out["kd"]["counted_flops_vs_kd"] == 1.0
+    )
     assert "counted_flops_vs_kd" not in out["sft"]
 
 

@@ -19,7 +19,12 @@ def test_every_option_composes(group, option):
     extra = {"ablation": ["method=mta"], "sra_ablation": ["method=sra"]}.get(group, [])  # MTA's / SRA's
     cfg = compose_cfg([f"{group}={option}", *extra])
     assert cfg.hydra.runtime.choices[group] == option
-    if group not in ("experiment", "ablation", "sra_ablation", "hparams_search"):  # those are `# @package _global_`
+    if group not in (
+        "experiment",
+        "ablation",
+        "sra_ablation",
+        "hparams_search",
+    ):  # those are `# @package _global_`
         assert group in cfg
 
 

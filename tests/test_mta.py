@@ -83,7 +83,10 @@ def test_gradients_reach_student_and_projectors_never_the_teacher(mta_run):
     batch = collate(dm.examples["train"][:8])
     terms = module.compute_terms(batch)
     (terms["dsa"] + terms["hra"]).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.method.objective("mta").projectors.parameters())
+    assert all(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for p in module.method.objective("mta").projectors.parameters()
+    )
     assert module.student.transformer.h[0].attn.c_attn.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in module.teacher.parameters())
 

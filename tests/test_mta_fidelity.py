@@ -32,7 +32,10 @@ def ref_self_similarity(h: torch.Tensor, mask: torch.Tensor, rows: str) -> torch
         col = torch.zeros(h.shape[1], dtype=torch.float64)
         queries = range(h.shape[1]) if rows == "all" else range(n)
         for i in queries:
-            s = [(x[i] @ x[j]) / math.sqrt(h.shape[-1]) if (j < n and j != i) else -math.inf for j in range(h.shape[1])]
+            s = [
+                (x[i] @ x[j]) / math.sqrt(h.shape[-1]) if (j < n and j != i) else -math.inf
+                for j in range(h.shape[1])
+            ]
             a = torch.softmax(torch.tensor(s, dtype=torch.float64), 0)
             col += a / a.sum()
         out[b] = col / (h.shape[1] if rows == "all" else n)
@@ -58,8 +61,12 @@ def fixture(weights: str, **knobs):
     mta.pairs = [LayerPair(1, 1, "word")]
     mta.projectors = nn.ModuleList([nn.Linear(D_S, D_T)])
     mask = torch.tensor([[1] * n + [0] * (L - n) for n in LENGTHS])
-    side = SideBatch(torch.zeros(B, L, dtype=torch.long), mask, torch.zeros(B, L, dtype=torch.long) - 100,
-                     torch.zeros(B, L, 2, dtype=torch.long))
+    side = SideBatch(
+        torch.zeros(B, L, dtype=torch.long),
+        mask,
+        torch.zeros(B, L, dtype=torch.long) - 100,
+        torch.zeros(B, L, 2, dtype=torch.long),
+    )
     mem = collate_membership(UNITS, L)
     batch = Batch(side, side, [""] * B, [0] * B, torch.arange(B), grids={"word": SpanGrid(mem, mem)})
     h_s, h_t = torch.randn(B, L, D_S), torch.randn(B, L, D_T)
@@ -127,11 +134,18 @@ def test_dsa_and_hra_follow_the_reference_pair_by_pair(weights):
 
 @pytest.mark.parametrize(
     "knobs",
-    [{"multi_unit": "once"}, {"ss_query_rows": "valid"}, {"uniform_mass": "shares"}, {"entropy_scope": "all"}],
+    [
+        {"multi_unit": "once"},
+        {"ss_query_rows": "valid"},
+        {"uniform_mass": "shares"},
+        {"entropy_scope": "all"},
+    ],
     ids=lambda k: next(iter(k.items()))[0],
 )
 def test_each_option_keeps_distillkits_earlier_rule_and_changes_the_terms(knobs):
-    weights = "uniform" if "uniform_mass" in knobs else "entropy" if "entropy_scope" in knobs else "self_similarity"
+    weights = (
+        "uniform" if "uniform_mass" in knobs else "entropy" if "entropy_scope" in knobs else "self_similarity"
+    )
     ref = fixture(weights)
     alt = fixture(weights, **knobs)
     with torch.no_grad():
@@ -146,7 +160,10 @@ def test_num_pairs_keeps_the_deepest_pairs_with_the_reference_split():
     assert [(p.teacher, p.student, p.level) for p in pairs] == [(48, 12, "phrase")]  # split 0 0 1 1
     cfg = compose_cfg(["model=gpt2-xl-to-gpt2", "layer_map.num_pairs=2"])
     pairs = resolve_layer_map(cfg.layer_map, cfg.model, 48, 12)
-    assert [(p.teacher, p.student, p.level) for p in pairs] == [(36, 9, "word"), (48, 12, "phrase")]  # 0 1 2 2
+    assert [(p.teacher, p.student, p.level) for p in pairs] == [
+        (36, 9, "word"),
+        (48, 12, "phrase"),
+    ]  # 0 1 2 2
     cfg = compose_cfg(["model=opt6.7b-to-opt1.3b", "layer_map.num_pairs=4"])
     pairs = resolve_layer_map(cfg.layer_map, cfg.model, 32, 24)
     assert [(p.teacher, p.student) for p in pairs] == [(23, 18), (26, 20), (29, 22), (32, 24)]

@@ -33,7 +33,9 @@ def format_prompt(row: dict[str, Any], template: str = "minillm", tokenizer: Any
         return MINILLM_NO_INPUT.format(instruction=instruction)
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise ValueError("data.template=chat needs a tokenizer with a chat_template; use 'minillm' instead.")
+            raise ValueError(
+                "data.template=chat needs a tokenizer with a chat_template; use 'minillm' instead."
+            )
         content = instruction + (f"\n\n{inp}" if inp else "")
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True

@@ -168,9 +168,7 @@ def self_similarity_weights(hidden: Tensor, attention_mask: Tensor, query_rows: 
     del centred
     # the (B, L, L) work is in place (no grad here): one score buffer and one softmax output; the
     # 1/sqrt(D) scale is the product's alpha, the masks broadcast (no (B, L, L) mask is built)
-    scores = torch.baddbmm(
-        h.new_empty(B, L, L), hn, hn.transpose(1, 2), beta=0.0, alpha=1.0 / math.sqrt(D)
-    )
+    scores = torch.baddbmm(h.new_empty(B, L, L), hn, hn.transpose(1, 2), beta=0.0, alpha=1.0 / math.sqrt(D))
     keys = attention_mask.bool()
     # blocked scores become the lowest float (not -inf: a row with no allowed key stays finite): the
     # padding keys by adding it (any real score is far below its rounding step, so the sum is exactly
