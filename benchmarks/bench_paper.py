@@ -28,7 +28,9 @@ MFU here is a lower bound of the hardware's use. Peak: :data:`PEAK_TFLOPS` by
 the ``meta`` device and prints the parameter counts and FLOP per token without allocating anything; on a
 machine without a GPU the benchmark refuses to run otherwise. ``--count-flops`` adds one step per method
 under :func:`benchmarks.common.count_flops` (the matmul FLOPs actually run, forward + backward, the
-methods' own work included) and each method's count over KD's. Writes ``benchmarks/results/paper.json``.
+methods' own work included) and each method's count over KD's; ``--child NAME --device cpu`` runs one
+method's child on the CPU and prints its record (minutes at this size; for ``--count-flops``). Writes
+``benchmarks/results/paper.json``.
 """
 
 from __future__ import annotations
@@ -274,7 +276,7 @@ def run_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "device_name": torch.cuda.get_device_name() if cuda else "cpu",
     }
-    if getattr(args, "count_flops", False):  # one more step, under the FLOP counter (slower: dispatch)
+    if args.count_flops:  # one more step, under the FLOP counter (slower: dispatch)
         record["counted_flop_per_token"] = count_flops(step) / batch.num_tokens
     if args.sync_debug and cuda:
         import warnings
@@ -331,6 +333,14 @@ def summarize(records: list[dict[str, Any]], peak: float | None) -> dict[str, di
     return out
 
 
+def counted_text(r: dict[str, Any]) -> str:
+    """The ``--count-flops`` part of a method's printed line ("" without it)."""
+    if "counted_flop_per_token" not in r:
+        return ""
+    vs_kd = f" ({r['counted_flops_vs_kd']:.3f}x kd)" if "counted_flops_vs_kd" in r else ""
+    return f"  counted {r['counted_flop_per_token'] / 1e9:.2f} GFLOP/token{vs_kd}"
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     cli = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     cli.add_argument("--methods", nargs="+", default=["sft", "kd", "mta", "sra"], choices=list(METHODS))
@@ -352,7 +362,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     cli.add_argument("--out", type=Path, default=RESULTS / "paper.json")
     cli.add_argument("--child", choices=list(METHODS), help=argparse.SUPPRESS)
-    cli.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # tests: cpu with --shrink
+    cli.add_argument(
+        "--device",
+        default="cuda",
+        choices=("cuda", "cpu"),
+        help="with --child: cpu runs one method's child on the CPU (slow at this size; e.g. --count-flops)",
+    )
     cli.add_argument("--shrink", action="store_true", help=argparse.SUPPRESS)
     args = cli.parse_args(argv)
 
@@ -369,7 +384,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    if args.child and args.shrink:  # the tests' CPU run of the child's code
+    if args.child and (args.shrink or args.device == "cpu"):  # one child on the CPU (tests: --shrink)
         print(json.dumps(run_child(args.child, args)))
         return {}
     if not torch.cuda.is_available():
@@ -401,12 +416,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"  {m:<5} step {r['step_s'] * 1e3:7.1f} ms  {r['tokens_per_s']:9.0f} tok/s  "
             f"{r['achieved_tflops']:6.1f} TFLOP/s  MFU {mfu}  peak {r['peak_memory_gib']:.1f} GiB"
-            + (
-                f"  counted {r['counted_flop_per_token'] / 1e9:.2f} GFLOP/token"
-                + (f" ({r['counted_flops_vs_kd']:.3f}x kd)" if "counted_flops_vs_kd" in r else "")
-                if "counted_flop_per_token" in r
-                else ""
-            )
+            + counted_text(r)
         )
     from distillkit.utils.io import atomic_write_json
 
