@@ -325,7 +325,7 @@ def test_cosine_to_a_detached_teacher_equals_torch_cosine_similarity():
     teacher.requires_grad_(True)
     ours_in = student.clone().requires_grad_(True)
     torch_in = student.clone().requires_grad_(True)
-    ours = _cosine_to_teacher(ours_in, teacher.detach(), 1e-8)
+    ours = _cosine_to_teacher(ours_in, teacher, 1e-8)  # a teacher that asks for gradients gets none
     want = F.cosine_similarity(torch_in, teacher.detach(), dim=-1, eps=1e-8)
     torch.testing.assert_close(ours, want, rtol=1e-12, atol=1e-12)
     upstream = torch.randn(3, 5, generator=gen, dtype=torch.float64)
